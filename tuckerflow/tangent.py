@@ -1,0 +1,249 @@
+"""Tangent space of the fixed-rank Tucker manifold, kept in factored form.
+
+At ``Y = C ×_i U_i`` (orthonormal ``U_i``) a tangent vector is
+
+    dY = dC ×_i U_i + sum_i C ×_i dU_i ×_{j != i} U_j,    U_i^T dU_i = 0,
+
+stored as :class:`TangentVector` ``(dC, [dU_1, ..., dU_d])`` and never densified unless
+asked (:func:`tangent_to_tensor`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorly as tl
+
+from ._checks import check_dense, check_finite, check_tensor, check_tucker, tucker_shape
+from .backend import plain_context
+from .linalg import contract_all_but_one, pseudo_inverse_rows
+
+__all__ = [
+    "TangentVector",
+    "project",
+    "tangent_to_tensor",
+    "inner",
+    "random_tangent",
+]
+
+
+class TangentVector:
+    """A tangent vector ``(dC, dU_1..dU_d)`` at a point of the Tucker manifold.
+
+    Tangent vectors at the same point form a vector space; ``+``, ``-`` and scalar
+    ``*`` act componentwise (the gauge ``U_i^T dU_i = 0`` is linear, so it is kept).
+
+    Parameters
+    ----------
+    core : tensor of shape (r_1, ..., r_d)
+        Core variation ``dC``.
+    factors : sequence of tensors of shape (n_i, r_i)
+        Factor variations ``dU_i``, orthogonal to the point's ``U_i``.
+    """
+
+    __slots__ = ("core", "factors")
+
+    def __init__(self, core: Any, factors: Sequence[Any]) -> None:
+        self.core = core
+        self.factors = list(factors)
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.core
+        yield self.factors
+
+    def __len__(self) -> int:
+        return 2
+
+    def __repr__(self) -> str:
+        shape = tucker_shape(self.factors)
+        return f"TangentVector(shape={shape}, rank={tuple(tl.shape(self.core))})"
+
+    def _combine(self, other: TangentVector, sign: float) -> TangentVector:
+        if not isinstance(other, TangentVector):
+            return NotImplemented
+        if tl.shape(self.core) != tl.shape(other.core):
+            raise ValueError(
+                "cannot combine tangent vectors of ranks "
+                f"{tl.shape(self.core)} and {tl.shape(other.core)}"
+            )
+        return TangentVector(
+            self.core + sign * other.core,
+            [a + sign * b for a, b in zip(self.factors, other.factors)],
+        )
+
+    def __add__(self, other: TangentVector) -> TangentVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: TangentVector) -> TangentVector:
+        return self._combine(other, -1.0)
+
+    def __mul__(self, scalar: float) -> TangentVector:
+        if not isinstance(scalar, (int, float, np.floating, np.integer)):
+            return NotImplemented
+        return TangentVector(self.core * scalar, [f * scalar for f in self.factors])
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> TangentVector:
+        return self * -1.0
+
+
+def _check_tangent(
+    tangent: Any, core: Any, factors: Sequence[Any], name: str
+) -> TangentVector:
+    if not isinstance(tangent, TangentVector):
+        raise TypeError(
+            f"{name} must be a TangentVector (see tuckerflow.project), "
+            f"got {type(tangent).__name__}"
+        )
+    check_tensor(tangent.core, f"{name}.core")
+    if tl.shape(tangent.core) != tl.shape(core):
+        raise ValueError(
+            f"{name}.core has shape {tl.shape(tangent.core)} but the point has rank "
+            f"{tl.shape(core)}"
+        )
+    if len(tangent.factors) != len(factors):
+        raise ValueError(
+            f"{name} has {len(tangent.factors)} factors but the point has "
+            f"{len(factors)}"
+        )
+    for mode, (d_factor, factor) in enumerate(zip(tangent.factors, factors)):
+        check_tensor(d_factor, f"{name}.factors[{mode}]")
+        if tl.shape(d_factor) != tl.shape(factor):
+            raise ValueError(
+                f"{name}.factors[{mode}] has shape {tl.shape(d_factor)} but the "
+                "point's "
+                f"factor has shape {tl.shape(factor)}"
+            )
+    check_finite(tangent.core, f"{name}.core")
+    for mode, d_factor in enumerate(tangent.factors):
+        check_finite(d_factor, f"{name}.factors[{mode}]")
+    return tangent
+
+
+def project_unchecked(core: Any, factors: Sequence[Any], ambient: Any) -> TangentVector:
+    """:func:`project` without input validation (for internal use)."""
+    partial = contract_all_but_one(ambient, factors)
+    d_core = tl.tenalg.mode_dot(partial[0], tl.transpose(factors[0]), 0)
+    d_factors = []
+    for mode, factor in enumerate(factors):
+        # unfold(Z ×_{j != i} U_j^T, i) pinv(unfold(C, i)), then remove the U_i part
+        coefficient = tl.dot(
+            tl.unfold(partial[mode], mode),
+            pseudo_inverse_rows(tl.unfold(core, mode)),
+        )
+        coefficient = coefficient - tl.dot(
+            factor, tl.dot(tl.transpose(factor), coefficient)
+        )
+        d_factors.append(coefficient)
+    return TangentVector(d_core, d_factors)
+
+
+def project(tucker: Any, ambient: Any) -> TangentVector:
+    """Orthogonal projection of a dense tensor onto the tangent space at ``tucker``.
+
+    Components: ``dC = Z ×_j U_j^T`` and
+    ``dU_i = (I - U_i U_i^T) unfold(Z ×_{j != i} U_j^T, i) pinv(unfold(C, i))``.
+    The contractions with ``Z`` are shared between modes
+    (:func:`tuckerflow.linalg.contract_all_but_one`).
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+        Point on the manifold (orthonormal factors, full multilinear rank).
+    ambient : tensor
+        Dense tensor of the point's full shape, e.g. a Euclidean gradient.
+
+    Returns
+    -------
+    TangentVector
+
+    Notes
+    -----
+    ``pinv(unfold(C, i))`` is where the curvature enters: its norm is
+    ``1 / sigma_min(unfold(C, i))``. Integrators that avoid it are in
+    :mod:`tuckerflow.integrators`.
+    """
+    core, factors = check_tucker(tucker, "tucker")
+    check_dense(ambient, "ambient")
+    expected = tucker_shape(factors)
+    if tl.shape(ambient) != expected:
+        raise ValueError(
+            f"ambient has shape {tl.shape(ambient)} but the Tucker tensor has shape "
+            f"{expected}"
+        )
+    if ambient.dtype != core.dtype:
+        raise TypeError(
+            f"ambient has dtype {ambient.dtype} but the Tucker tensor has {core.dtype}"
+        )
+    return project_unchecked(core, factors, ambient)
+
+
+def tangent_to_tensor(tucker: Any, tangent: TangentVector) -> Any:
+    """Dense tensor ``dC ×_i U_i + sum_i C ×_i dU_i ×_{j != i} U_j``.
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+    tangent : TangentVector
+
+    Returns
+    -------
+    tensor of the full shape
+    """
+    core, factors = check_tucker(tucker, "tucker")
+    tangent = _check_tangent(tangent, core, factors, "tangent")
+    dense = tl.tenalg.multi_mode_dot(tangent.core, factors)
+    for mode, d_factor in enumerate(tangent.factors):
+        varied = list(factors)
+        varied[mode] = d_factor
+        dense = dense + tl.tenalg.multi_mode_dot(core, varied)
+    return dense
+
+
+def inner(tucker: Any, tangent_a: TangentVector, tangent_b: TangentVector) -> float:
+    """Euclidean inner product of two tangent vectors, from their factors.
+
+    With the gauge ``U_i^T dU_i = 0`` the cross terms vanish and
+    ``<a, b> = <dC_a, dC_b> + sum_i trace(dU_a,i^T dU_b,i C_(i) C_(i)^T)``,
+    at cost ``O(sum_i n_i r_i^2 + prod(r) sum_i r_i)``.
+
+    Returns
+    -------
+    float
+    """
+    core, factors = check_tucker(tucker, "tucker")
+    tangent_a = _check_tangent(tangent_a, core, factors, "tangent_a")
+    tangent_b = _check_tangent(tangent_b, core, factors, "tangent_b")
+    total = tl.sum(tangent_a.core * tangent_b.core)
+    for mode, (da, db) in enumerate(zip(tangent_a.factors, tangent_b.factors)):
+        unfolded = tl.unfold(core, mode)
+        gram = tl.dot(unfolded, tl.transpose(unfolded))
+        total = total + tl.sum(tl.dot(tl.transpose(da), db) * gram)
+    return float(tl.to_numpy(total))
+
+
+def random_tangent(tucker: Any, *, random_state: Any = None) -> TangentVector:
+    """Gaussian tangent vector at ``tucker`` (Gaussian components, gauge enforced).
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+    random_state : None, int or numpy.random.RandomState
+
+    Returns
+    -------
+    TangentVector
+    """
+    core, factors = check_tucker(tucker, "tucker")
+    rng = tl.check_random_state(random_state)
+    context = plain_context(core)
+    d_core = tl.tensor(rng.standard_normal(tl.shape(core)), **context)
+    d_factors = []
+    for factor in factors:
+        step = tl.tensor(rng.standard_normal(tl.shape(factor)), **context)
+        step = step - tl.dot(factor, tl.dot(tl.transpose(factor), step))
+        d_factors.append(step)
+    return TangentVector(d_core, d_factors)
