@@ -45,7 +45,7 @@ def main() -> None:
             error = float(tl.to_numpy(tl.norm(approx.to_tensor() - tensor))) / norm
             count = tf.parameter_count(approx.shape, approx.rank)
             print(
-                f"{tol:6.3f} {str(approx.rank):>16} {error:11.4f} {count:11,d} "
+                f"{tol:6.3f} {approx.rank!s:>16} {error:11.4f} {count:11,d} "
                 f"{1 - count / cube.size:11.2%} {elapsed:7.2f}s"
             )
             assert error <= tol * (1 + 1e-8), "the tolerance bounds the total error"
