@@ -75,3 +75,33 @@ try:
 
 except ImportError:  # pragma: no cover - hypothesis is a test dependency
     pass
+
+
+class LeastSquares:
+    """``L(W) = 0.5 ||w * (W - A)||^2`` on the active backend: Lipschitz constant
+    ``max(w)^2``; with ``w = 1`` the plain distance to ``A``."""
+
+    def __init__(self, target, weights=None):
+        self.target = target
+        self.weights = weights
+
+    @property
+    def lipschitz(self) -> float:
+        if self.weights is None:
+            return 1.0
+        return float(np.max(to_np(self.weights)) ** 2)
+
+    def value(self, W) -> float:
+        residual = W - self.target
+        if self.weights is not None:
+            residual = residual * self.weights
+        return 0.5 * float(tl.to_numpy(tl.sum(residual * residual)))
+
+    def grad(self, W):
+        residual = W - self.target
+        if self.weights is not None:
+            residual = residual * self.weights * self.weights
+        return residual
+
+    def __call__(self, W):
+        return self.value(W), self.grad(W)

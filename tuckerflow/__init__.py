@@ -8,24 +8,54 @@ factors.
 
 from .backend import available_backends, use_backend
 from .hosvd import hosvd, truncate
+from .integrators import (
+    Adam,
+    IntegrationError,
+    IntegrationResult,
+    Momentum,
+    bug_step,
+    integrate,
+    parallel_bug_step,
+    rgd_step,
+    tdlrt_step,
+    vanilla_step,
+)
 from .random import random_tucker
 from .ranks import parameter_count
 from .retraction import retract
-from .tangent import TangentVector, inner, project, random_tangent, tangent_to_tensor
+from .tangent import (
+    TangentVector,
+    inner,
+    project,
+    projected_norm,
+    random_tangent,
+    tangent_to_tensor,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adam",
+    "IntegrationError",
+    "IntegrationResult",
+    "Momentum",
     "TangentVector",
     "available_backends",
+    "bug_step",
     "hosvd",
     "inner",
+    "integrate",
+    "parallel_bug_step",
     "parameter_count",
     "project",
+    "projected_norm",
     "random_tangent",
     "random_tucker",
     "retract",
+    "rgd_step",
     "tangent_to_tensor",
+    "tdlrt_step",
     "truncate",
     "use_backend",
+    "vanilla_step",
 ]

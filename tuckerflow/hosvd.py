@@ -29,7 +29,7 @@ from ._checks import (
     check_tucker,
     tucker_shape,
 )
-from .linalg import left_singular
+from .linalg import left_singular, thin_qr
 from .ranks import parameter_count, ranks_from_budget, ranks_from_tolerance
 
 __all__ = ["hosvd", "truncate"]
@@ -200,12 +200,23 @@ def truncate_core(
     min_rank: RankSpec = 1,
     max_rank: RankSpec = None,
     budget: int | None = None,
-) -> tuple[TuckerTensor, list[Any]]:
-    """Unchecked truncation through the HOSVD of the core; also returns the spectra.
+) -> tuple[TuckerTensor, list[Any], list[Any]]:
+    """Unchecked truncation through the HOSVD of the core.
 
     The building block of :func:`truncate` and of every integrator: ``factors`` must be
-    orthonormal (not verified here). Returns the truncated Tucker tensor and the
-    per-mode singular values of the core unfoldings (before truncation).
+    orthonormal (not verified here).
+
+    Returns
+    -------
+    tucker : TuckerTensor
+        ``(C ×_i P_i^T, [U_i P_i])``.
+    spectra : list of tensors
+        Singular values of each core unfolding (before truncation).
+    changes : list of tensors
+        ``T_i`` of shape ``(r_i_new, r_i)`` with ``new coordinates = T_i @ old
+        coordinates`` in mode i (``R_i P_i^T``: the kept singular vectors ``P_i``
+        followed by the final re-orthonormalization ``U_i P_i = Q_i R_i``). Optimizer
+        state follows these.
     """
     dims = tl.shape(core)
     shape = tucker_shape(factors)
@@ -223,8 +234,16 @@ def truncate_core(
     )
     kept = [basis[:, :r] for basis, r in zip(bases, ranks)]
     new_core = tl.tenalg.multi_mode_dot(core, kept, transpose=True)
-    new_factors = [tl.dot(factor, basis) for factor, basis in zip(factors, kept)]
-    return TuckerTensor((new_core, new_factors)), list(spectra)
+    # U_i P_i is orthonormal to a few eps plus the defect of U_i; one more thin QR
+    # (R = I + O(eps), absorbed into the core) makes the defect independent of the
+    # history, so it cannot accumulate over thousands of steps (P8)
+    new_factors, changes = [], []
+    for mode, (factor, basis) in enumerate(zip(factors, kept)):
+        q, r = thin_qr(tl.dot(factor, basis))
+        new_factors.append(q)
+        new_core = tl.tenalg.mode_dot(new_core, r, mode)
+        changes.append(tl.dot(r, tl.transpose(basis)))
+    return TuckerTensor((new_core, new_factors)), list(spectra), changes
 
 
 def truncate(
@@ -273,7 +292,7 @@ def truncate(
         max_rank=max_rank,
         budget=budget,
     )
-    result, _ = truncate_core(
+    result, _, _ = truncate_core(
         core,
         factors,
         rank=rank,

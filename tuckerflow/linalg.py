@@ -1,13 +1,12 @@
 """Small dense linear-algebra building blocks, written against ``tl.*`` only.
 
 Every factorization here is of a thin or small matrix (``n x 2r`` or ``r x prod(r)``);
-the expensive work in tuckerflow is contracting a large tensor with thin factors, which
-:func:`contract` and :func:`contract_all_but_one` organise.
+the expensive work, contracting a large tensor with thin factors, is organised in
+:mod:`tuckerflow.contractions`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import tensorly as tl
@@ -17,10 +16,9 @@ from .backend import plain_context
 __all__ = [
     "fix_column_signs",
     "left_singular",
+    "thin_qr",
     "orthonormal_basis",
     "augment_basis",
-    "contract",
-    "contract_all_but_one",
     "pseudo_inverse_rows",
 ]
 
@@ -60,12 +58,23 @@ def left_singular(matrix: Any) -> tuple[Any, Any]:
     return fix_column_signs(left), values
 
 
-def orthonormal_basis(matrix: Any) -> Any:
-    """Orthonormal basis of the columns of a tall matrix (reduced QR, diag(R) >= 0)."""
+def thin_qr(matrix: Any) -> tuple[Any, Any]:
+    """Reduced QR with ``diag(R) >= 0`` (unique for full column rank, on any backend).
+
+    Returns
+    -------
+    Q : tensor of shape (m, k), k = min(m, n)
+    R : tensor of shape (k, n), upper triangular
+    """
     q, r = tl.qr(matrix)
     ones = tl.ones((tl.shape(r)[0],), **plain_context(matrix))
     signs = tl.where(tl.diag(r) < 0, -ones, ones)
-    return q * tl.reshape(signs, (1, -1))
+    return q * tl.reshape(signs, (1, -1)), r * tl.reshape(signs, (-1, 1))
+
+
+def orthonormal_basis(matrix: Any) -> Any:
+    """Orthonormal basis of the columns of a tall matrix (Q of :func:`thin_qr`)."""
+    return thin_qr(matrix)[0]
 
 
 def augment_basis(basis: Any, directions: Any) -> Any:
@@ -87,48 +96,6 @@ def augment_basis(basis: Any, directions: Any) -> Any:
     tensor of shape (n, min(n, r + k))
     """
     return orthonormal_basis(tl.concatenate([basis, directions], axis=1))
-
-
-def contract(tensor: Any, matrices: Sequence[Any], modes: Sequence[int]) -> Any:
-    """``tensor ×_m matrices[k]^T`` over the given modes, cheapest order first.
-
-    Modes are contracted in decreasing order of shrink factor ``n_m / r_m``, which
-    minimises the size of the intermediates (and hence the flops) for thin factors.
-    """
-    pairs = sorted(
-        zip(modes, matrices),
-        key=lambda pair: -tl.shape(pair[1])[0] / max(tl.shape(pair[1])[1], 1),
-    )
-    for mode, matrix in pairs:
-        tensor = tl.tenalg.mode_dot(tensor, tl.transpose(matrix), mode)
-    return tensor
-
-
-def contract_all_but_one(tensor: Any, matrices: Sequence[Any]) -> list[Any]:
-    """For every mode i, ``tensor ×_{j != i} matrices[j]^T``.
-
-    Divide and conquer over the modes: the full-size tensor is contracted twice (once
-    per half), not ``d - 1`` times per mode, so for d = 3 and thin factors the cost is
-    about two mode products with the full tensor.
-
-    Returns
-    -------
-    list of tensors
-        Entry i keeps mode i at full size and all other modes contracted.
-    """
-    results: dict[int, Any] = {}
-
-    def recurse(partial: Any, modes: list[int]) -> None:
-        if len(modes) == 1:
-            results[modes[0]] = partial
-            return
-        half = len(modes) // 2
-        left, right = modes[:half], modes[half:]
-        recurse(contract(partial, [matrices[m] for m in right], right), left)
-        recurse(contract(partial, [matrices[m] for m in left], left), right)
-
-    recurse(tensor, list(range(len(matrices))))
-    return [results[mode] for mode in range(len(matrices))]
 
 
 def pseudo_inverse_rows(matrix: Any) -> Any:

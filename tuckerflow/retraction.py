@@ -101,7 +101,7 @@ def retract(
         budget=None,
     )
     augmented, bases = augmented_sum(core, factors, tangent)
-    result, _ = truncate_core(
+    result, _, _ = truncate_core(
         augmented,
         bases,
         rank=rank,

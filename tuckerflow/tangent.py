@@ -18,11 +18,13 @@ import tensorly as tl
 
 from ._checks import check_dense, check_finite, check_tensor, check_tucker, tucker_shape
 from .backend import plain_context
-from .linalg import contract_all_but_one, pseudo_inverse_rows
+from .contractions import GradientContractions
+from .linalg import orthonormal_basis, pseudo_inverse_rows
 
 __all__ = [
     "TangentVector",
     "project",
+    "projected_norm",
     "tangent_to_tensor",
     "inner",
     "random_tangent",
@@ -125,13 +127,13 @@ def _check_tangent(
 
 def project_unchecked(core: Any, factors: Sequence[Any], ambient: Any) -> TangentVector:
     """:func:`project` without input validation (for internal use)."""
-    partial = contract_all_but_one(ambient, factors)
-    d_core = tl.tenalg.mode_dot(partial[0], tl.transpose(factors[0]), 0)
+    contractions = GradientContractions(ambient, factors)
+    d_core = contractions.core_gradient()
     d_factors = []
     for mode, factor in enumerate(factors):
         # unfold(Z ×_{j != i} U_j^T, i) pinv(unfold(C, i)), then remove the U_i part
         coefficient = tl.dot(
-            tl.unfold(partial[mode], mode),
+            contractions.unfolded_partial(mode),
             pseudo_inverse_rows(tl.unfold(core, mode)),
         )
         coefficient = coefficient - tl.dot(
@@ -147,7 +149,7 @@ def project(tucker: Any, ambient: Any) -> TangentVector:
     Components: ``dC = Z ×_j U_j^T`` and
     ``dU_i = (I - U_i U_i^T) unfold(Z ×_{j != i} U_j^T, i) pinv(unfold(C, i))``.
     The contractions with ``Z`` are shared between modes
-    (:func:`tuckerflow.linalg.contract_all_but_one`).
+    (:class:`tuckerflow.contractions.GradientContractions`).
 
     Parameters
     ----------
@@ -179,6 +181,45 @@ def project(tucker: Any, ambient: Any) -> TangentVector:
             f"ambient has dtype {ambient.dtype} but the Tucker tensor has {core.dtype}"
         )
     return project_unchecked(core, factors, ambient)
+
+
+def projected_norm(tucker: Any, ambient: Any) -> float:
+    """``||P(Y) Z||``, the norm of the tangent projection, without any inverse.
+
+    The mode-i component of ``P(Y) Z`` unfolds to ``(I - U_i U_i^T) A_i Q_i Q_i^T V^T``
+    with ``A_i = unfold(Z ×_{j != i} U_j^T, i)`` and ``Q_i`` an orthonormal basis of
+    the row space of ``unfold(C, i)`` (the ``pinv(C_(i)) C_(i)`` projector), so
+
+        ||P Z||^2 = ||Z ×_j U_j^T||^2 + sum_i ||(I - U_i U_i^T) A_i Q_i||^2,
+
+    accurate whatever the singular values of the core. For a gradient this is the
+    Riemannian gradient norm (and ``A_i Q_i`` is the TDLRT K-gradient).
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+    ambient : tensor
+        Dense tensor of the full shape.
+
+    Returns
+    -------
+    float
+    """
+    core, factors = check_tucker(tucker, "tucker")
+    check_dense(ambient, "ambient")
+    if tl.shape(ambient) != tucker_shape(factors):
+        raise ValueError(
+            f"ambient has shape {tl.shape(ambient)} but the Tucker tensor has shape "
+            f"{tucker_shape(factors)}"
+        )
+    contractions = GradientContractions(ambient, factors)
+    total = tl.sum(contractions.core_gradient() ** 2)
+    for mode, factor in enumerate(factors):
+        rows = orthonormal_basis(tl.transpose(tl.unfold(core, mode)))
+        k_grad = tl.dot(contractions.unfolded_partial(mode), rows)
+        normal = k_grad - tl.dot(factor, tl.dot(tl.transpose(factor), k_grad))
+        total = total + tl.sum(normal**2)
+    return float(tl.to_numpy(tl.sqrt(total)))
 
 
 def tangent_to_tensor(tucker: Any, tangent: TangentVector) -> Any:

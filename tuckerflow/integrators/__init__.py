@@ -1,0 +1,28 @@
+"""Integrators on any tensor objective: TDLRT and the methods it is compared with.
+
+Every step is a pure function ``(tucker, grad, lr, ...) -> tucker`` of the dense
+Euclidean gradient at the current point; :func:`integrate` runs them on an objective.
+"""
+
+from .bug import bug_step, parallel_bug_step
+from .driver import METHODS, History, IntegrationError, IntegrationResult, integrate
+from .rgd import rgd_step
+from .state import Adam, Momentum, OptimizerState
+from .tdlrt import tdlrt_step
+from .vanilla import vanilla_step
+
+__all__ = [
+    "METHODS",
+    "Adam",
+    "History",
+    "IntegrationError",
+    "IntegrationResult",
+    "Momentum",
+    "OptimizerState",
+    "bug_step",
+    "integrate",
+    "parallel_bug_step",
+    "rgd_step",
+    "tdlrt_step",
+    "vanilla_step",
+]

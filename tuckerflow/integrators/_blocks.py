@@ -1,0 +1,138 @@
+"""Pieces shared by the integrators: input checks, the QR reparametrization, the lift,
+and the final truncation that also carries optimizer state into the new bases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import tensorly as tl
+from tensorly.tucker_tensor import TuckerTensor
+
+from .._checks import check_dense, check_positive, check_tucker, tucker_shape
+from ..hosvd import RankSpec, check_rank_rule, truncate_core
+from ..linalg import thin_qr
+from .state import OptimizerState, k_coordinate_change
+
+
+def check_step_inputs(
+    tucker: Any, grad: Any, lr: Any, state: OptimizerState | None = None
+) -> tuple[Any, list[Any], float]:
+    """Validate a step's point, gradient, learning rate and state; raise before work."""
+    core, factors = check_tucker(tucker, "tucker")
+    lr = check_positive(lr, "lr")
+    check_gradient(grad, core, factors)
+    if state is not None:
+        if not isinstance(state, OptimizerState):
+            raise TypeError(
+                "state must be a tuckerflow.Momentum or tuckerflow.Adam state, got "
+                f"{type(state).__name__}"
+            )
+        state.check(core, factors)
+    return core, factors, lr
+
+
+def check_gradient(grad: Any, core: Any, factors: Sequence[Any], name="grad") -> None:
+    """The gradient must be a finite dense tensor of the point's shape and dtype."""
+    check_dense(grad, name)
+    shape = tucker_shape(factors)
+    if tuple(tl.shape(grad)) != shape:
+        raise ValueError(
+            f"{name} has shape {tuple(tl.shape(grad))} but the Tucker tensor has shape "
+            f"{shape}: pass the Euclidean gradient of the full tensor"
+        )
+    if grad.dtype != core.dtype:
+        raise TypeError(f"{name} has dtype {grad.dtype} but the point has {core.dtype}")
+
+
+def check_rule(
+    core: Any,
+    factors: Sequence[Any],
+    augmented_dims: Sequence[int],
+    *,
+    rank: RankSpec,
+    tol: Any,
+    relative: bool,
+    min_rank: RankSpec,
+    max_rank: RankSpec,
+    budget: Any,
+    require: bool = True,
+) -> float | None:
+    """Validate the truncation rule of a rank-adaptive step (exactly one is needed)."""
+    if require and rank is None and tol is None and budget is None:
+        raise ValueError(
+            "give one of tol (rank-adaptive), rank (fixed rank) or budget (parameter "
+            "budget) to decide the ranks after the step"
+        )
+    return check_rank_rule(
+        augmented_dims,
+        tucker_shape(factors),
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        budget=budget,
+    )
+
+
+def augmented_dims(factors: Sequence[Any], k_ranks: Sequence[int]) -> tuple[int, ...]:
+    """Column counts of ``orth([U_i, K_i])``: ``min(n_i, r_i + k_i)``."""
+    return tuple(
+        min(tl.shape(f)[0], tl.shape(f)[1] + k)
+        for f, k in zip(factors, k_ranks, strict=True)
+    )
+
+
+def reparametrize(core: Any, mode: int) -> tuple[Any, Any]:
+    """QR of the transposed core unfolding: ``unfold(C, i)^T = Q_i S_i^T``.
+
+    Returns ``(Q_i, S_i)`` with ``Q_i`` orthonormal (``prod_{j != i} r_j x k``) and
+    ``S_i`` (``r_i x k``), ``k = min(r_i, prod_{j != i} r_j)``. Then
+    ``unfold(Y, i) = (U_i S_i) V_i^T`` with ``V_i = (kron_{j != i} U_j) Q_i``. No
+    inverse of ``S_i`` is ever needed.
+    """
+    q, r = thin_qr(tl.transpose(tl.unfold(core, mode)))
+    return q, tl.transpose(r)
+
+
+def lift(core: Any, embeddings: Sequence[Any]) -> Any:
+    """``C ×_i (Uhat_i^T U_i)``: the same tensor written in the augmented bases.
+
+    ``Uhat_i`` contains ``U_i``, so ``lift(C) ×_i Uhat_i == C ×_i U_i`` up to rounding
+    (the embeddings are ``[R11; 0]`` with ``R11`` the identity up to rounding).
+    """
+    return tl.tenalg.multi_mode_dot(core, embeddings)
+
+
+def truncate_step(
+    augmented_core: Any,
+    bases: Sequence[Any],
+    *,
+    rank: RankSpec,
+    tol: float | None,
+    relative: bool,
+    min_rank: RankSpec,
+    max_rank: RankSpec,
+    budget: int | None,
+    state: OptimizerState | None,
+    old_factors: Sequence[Any],
+    old_q: Sequence[Any] | None,
+) -> tuple[TuckerTensor, OptimizerState | None]:
+    """Truncate the augmented core; move the optimizer state into the new bases."""
+    result, _, changes = truncate_core(
+        augmented_core,
+        bases,
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        budget=budget,
+    )
+    if state is None:
+        return result, None
+    state = state.transform_core(changes)
+    new_q = [reparametrize(result.core, mode)[0] for mode in range(len(bases))]
+    k_changes = k_coordinate_change(old_q, old_factors, new_q, result.factors)
+    return result, state.transform_bases(k_changes)

@@ -1,0 +1,249 @@
+"""``integrate``: run any of the steps on any tensor objective and record a history."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import tensorly as tl
+from tensorly.tucker_tensor import TuckerTensor
+
+from .._checks import check_tucker
+from ..autodiff import value_and_grad
+from ..backend import is_finite, to_float
+from ..ranks import parameter_count
+from .bug import bug_step, parallel_bug_step
+from .rgd import rgd_step
+from .state import OptimizerState
+from .tdlrt import tdlrt_step
+from .vanilla import vanilla_step
+
+__all__ = ["integrate", "IntegrationResult", "History", "IntegrationError", "METHODS"]
+
+METHODS = ("tdlrt", "parallel_bug", "bug", "rgd", "vanilla")
+
+
+@dataclasses.dataclass
+class History:
+    """What happened at every step.
+
+    Attributes
+    ----------
+    loss : list of float
+        Objective at the start of every step, then at the final point
+        (``steps + 1`` entries).
+    ranks : list of tuple of int
+        Rank of every iterate, the initial one included.
+    parameters : list of int
+        ``prod(r) + sum(n_i r_i)`` of every iterate.
+    time : list of float
+        Wall time of every step in seconds (gradient evaluations included).
+    lr : list of float
+        Step size used at every step.
+    """
+
+    loss: list[float] = dataclasses.field(default_factory=list)
+    ranks: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
+    parameters: list[int] = dataclasses.field(default_factory=list)
+    time: list[float] = dataclasses.field(default_factory=list)
+    lr: list[float] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class IntegrationResult:
+    """Final point, history and optimizer state of :func:`integrate`."""
+
+    tucker: TuckerTensor
+    history: History
+    state: OptimizerState | None = None
+
+    @property
+    def steps(self) -> int:
+        """Number of steps taken."""
+        return len(self.history.time)
+
+
+class IntegrationError(RuntimeError):
+    """A step failed; ``result`` holds everything up to the last good step."""
+
+    def __init__(self, message: str, result: IntegrationResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _record_point(history: History, tucker: Any) -> None:
+    shape = tuple(tl.shape(f)[0] for f in tucker[1])
+    rank = tuple(tl.shape(tucker[0]))
+    history.ranks.append(rank)
+    history.parameters.append(parameter_count(shape, rank))
+
+
+def integrate(
+    objective: Callable[..., tuple[Any, Any]] | None,
+    tucker0: Any,
+    *,
+    method: str = "tdlrt",
+    lr: float | Callable[[int], float],
+    steps: int,
+    tol: float | None = None,
+    callback: Callable[[int, TuckerTensor, float], Any] | None = None,
+    progress: bool = False,
+    value_fn: Callable[..., Any] | None = None,
+    batches: Iterable[Any] | None = None,
+    state: OptimizerState | None = None,
+    **method_options: Any,
+) -> IntegrationResult:
+    """Minimise a tensor objective (or integrate a gradient flow) in Tucker format.
+
+    Parameters
+    ----------
+    objective : callable or None
+        ``objective(tensor) -> (value, grad)`` on the active backend, with ``grad`` the
+        Euclidean gradient of the full tensor; ``objective(tensor, batch)`` when
+        ``batches`` is given. ``None`` with ``value_fn`` on an autodiff backend.
+    tucker0 : TuckerTensor or (core, factors)
+        Starting point (orthonormal factors).
+    method : {'tdlrt', 'parallel_bug', 'bug', 'rgd', 'vanilla'}
+    lr : float or callable
+        Step size, or ``lr(step) -> float`` (e.g. a Robbins-Monro schedule).
+    steps : int
+        Maximum number of steps.
+    tol : float, optional
+        Truncation tolerance of the rank-adaptive methods (see :func:`tdlrt_step`).
+    callback : callable, optional
+        ``callback(step, tucker, loss)`` after every step; a true return value stops.
+    progress : bool
+        Show a tqdm progress bar.
+    value_fn : callable, optional
+        ``value_fn(tensor[, batch]) -> scalar`` differentiated by the backend's
+        autodiff (pytorch), used when ``objective`` is None.
+    batches : iterable, optional
+        One item per step (e.g. a mini-batch). Every gradient of a step uses the same
+        item: TDLRT and parallel BUG need one gradient per step, BUG two.
+    state : Momentum or Adam, optional
+        Optimizer state for ``tdlrt`` and ``parallel_bug``.
+    **method_options
+        Passed to the step (``min_rank``, ``max_rank``, ``rank``, ``budget``,
+        ``relative``).
+
+    Returns
+    -------
+    IntegrationResult
+
+    Raises
+    ------
+    IntegrationError
+        If the objective returns a non-finite value or gradient, or a step fails; its
+        ``result`` holds the last good point and the history so far.
+
+    Examples
+    --------
+    >>> import numpy as np, tensorly as tl, tuckerflow as tf
+    >>> A = tf.random_tucker((8, 8, 8), (2, 2, 2), random_state=0).to_tensor()
+    >>> def objective(W):
+    ...     return 0.5 * float(tl.sum((W - A) ** 2)), W - A
+    >>> Y0 = tf.random_tucker((8, 8, 8), (1, 1, 1), random_state=1)
+    >>> result = tf.integrate(objective, Y0, lr=0.5, steps=20, tol=1e-6)
+    >>> result.tucker.rank, result.history.loss[-1] < 1e-6 * result.history.loss[0]
+    ((2, 2, 2), True)
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if objective is None:
+        if value_fn is None:
+            raise ValueError("give objective(tensor) -> (value, grad), or value_fn")
+        objective = value_and_grad(value_fn)
+    elif value_fn is not None:
+        raise ValueError("give either objective or value_fn, not both")
+    if not callable(objective):
+        raise TypeError(f"objective must be callable, got {type(objective).__name__}")
+    if state is not None and method not in ("tdlrt", "parallel_bug"):
+        raise ValueError(
+            f"optimizer state is supported by tdlrt and parallel_bug, not {method!r}"
+        )
+    schedule = lr if callable(lr) else (lambda step, value=lr: value)
+    options = dict(method_options)
+    if method in ("tdlrt", "parallel_bug", "rgd") and tol is not None:
+        options["tol"] = tol
+    elif tol is not None:
+        raise ValueError(f"method {method!r} keeps a fixed rank: tol does not apply")
+
+    core, factors = check_tucker(tucker0, "tucker0", orthonormal=method != "vanilla")
+    tucker = TuckerTensor((core, list(factors)))
+    history = History()
+    _record_point(history, tucker)
+    batch_iter = iter(batches) if batches is not None else None
+    bar = _progress_bar(steps) if progress else None
+
+    def gradient_at(dense: Any, batch: Any) -> tuple[float, Any]:
+        value, grad = (
+            objective(dense) if batch_iter is None else objective(dense, batch)
+        )
+        return (to_float(value) if tl.is_tensor(value) else float(value)), grad
+
+    def evaluate(point: Any, batch: Any) -> tuple[float, Any]:
+        return gradient_at(tl.tucker_tensor.tucker_to_tensor(point), batch)
+
+    def fail(message: str) -> IntegrationError:
+        if bar is not None:
+            bar.close()
+        return IntegrationError(message, IntegrationResult(tucker, history, state))
+
+    for step in range(steps):
+        try:
+            batch = next(batch_iter) if batch_iter is not None else None
+        except StopIteration:
+            break
+        start = time.perf_counter()
+        value, grad = evaluate(tucker, batch)
+        if not math.isfinite(value):
+            raise fail(f"step {step}: the objective value is {value}")
+        if not (tl.is_tensor(grad) and is_finite(grad)):
+            raise fail(f"step {step}: the gradient is not a finite tensor")
+        rate = float(schedule(step))
+        if method == "tdlrt":
+            out = tdlrt_step(tucker, grad, rate, state=state, **options)
+        elif method == "parallel_bug":
+            out = parallel_bug_step(tucker, grad, rate, state=state, **options)
+        elif method == "bug":
+
+            def second_gradient(dense: Any, batch: Any = batch) -> Any:
+                return gradient_at(dense, batch)[1]
+
+            out = bug_step(tucker, grad, rate, grad_fn=second_gradient, **options)
+        elif method == "rgd":
+            out = rgd_step(tucker, grad, rate, **options)
+        else:
+            out = vanilla_step(tucker, grad, rate, **options)
+        if state is not None:
+            tucker, state = out
+        else:
+            tucker = out
+        history.time.append(time.perf_counter() - start)
+        history.loss.append(value)
+        history.lr.append(rate)
+        _record_point(history, tucker)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3e}", ranks=str(history.ranks[-1]))
+        if callback is not None and callback(step, tucker, value):
+            break
+    final_batch = next(batch_iter, None) if batch_iter is not None else None
+    history.loss.append(evaluate(tucker, final_batch)[0])
+    if bar is not None:
+        bar.close()
+    return IntegrationResult(tucker, history, state)
+
+
+def _progress_bar(total: int) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as error:  # pragma: no cover - tqdm is a test dependency
+        raise ImportError("progress=True needs tqdm: pip install tqdm") from error
+    return tqdm(total=total, unit="step")

@@ -1,0 +1,308 @@
+"""Optimizer state (momentum, Adam) for the one-step integrators, and how it moves.
+
+The rule
+--------
+All state lives in the coordinates of the current representation:
+
+* core state (shape ``r``) in the coordinates of the core, i.e. of the bases ``U_i``;
+* basis state of mode ``i`` (shape ``(n_i, k_i)``) in the coordinates of the K-step,
+  ``K_i = U_i S_i`` with ``unfold(Y, i) = K_i V_i^T`` and
+  ``V_i = (kron_{j != i} U_j) Q_i``.
+
+Whenever the coordinates change by a matrix ``T`` with orthonormal columns (the lift
+into the augmented bases ``E_i = Uhat_i^T U_i``, the truncation ``P_i^T``, the new
+K-coordinates ``V_i^T V_i'``), a first moment ``m`` is transformed linearly, ``T m`` (it
+is a vector: this keeps the ambient tensor it represents, projected onto the new
+coordinates), and a second moment ``v`` (a diagonal covariance) as the diagonal of the
+transformed covariance, ``(T ∘ T) v``. Lifting is exact (``Uhat`` contains ``U``), so
+nothing is lost when the rank grows; truncation drops exactly the state of the
+directions the step drops. With all ranks full (``r_i = n_i``) heavy-ball momentum
+reproduces dense momentum SGD step for step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import tensorly as tl
+
+from .._checks import check_tensor
+from ..backend import plain_context
+
+__all__ = ["Momentum", "Adam", "OptimizerState"]
+
+
+def _k_shapes(core: Any, factors: Sequence[Any]) -> list[tuple[int, int]]:
+    dims = tl.shape(core)
+    total = math.prod(dims)
+    return [
+        (tl.shape(f)[0], min(r, total // r)) for f, r in zip(factors, dims, strict=True)
+    ]
+
+
+def _zeros(shape: Sequence[int], like: Any) -> Any:
+    return tl.zeros(tuple(shape), **plain_context(like))
+
+
+def _transform_core(tensor: Any, matrices: Sequence[Any], squared: bool) -> Any:
+    if squared:
+        matrices = [m * m for m in matrices]
+    return tl.tenalg.multi_mode_dot(tensor, matrices)
+
+
+def _transform_bases(
+    buffers: Sequence[Any], matrices: Sequence[Any], squared: bool
+) -> tuple[Any, ...]:
+    return tuple(
+        tl.dot(buffer, matrix * matrix if squared else matrix)
+        for buffer, matrix in zip(buffers, matrices, strict=True)
+    )
+
+
+def _check_fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerState:
+    """Base class. Subclasses hold buffers shaped like the core and like each K."""
+
+    def _buffers(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check(self, core: Any, factors: Sequence[Any]) -> None:
+        """Raise ValueError unless the buffers match the Tucker tensor's shapes."""
+        core_shape = tuple(tl.shape(core))
+        k_shapes = _k_shapes(core, factors)
+        for name, value in self._buffers().items():
+            if name.startswith("core"):
+                check_tensor(value, f"state.{name}")
+                if tuple(tl.shape(value)) != core_shape:
+                    raise ValueError(
+                        f"state.{name} has shape {tuple(tl.shape(value))} but the core "
+                        f"has shape {core_shape}: the state belongs to another point"
+                    )
+            else:
+                if len(value) != len(k_shapes):
+                    raise ValueError(
+                        f"state.{name} has {len(value)} buffers for "
+                        f"{len(k_shapes)} modes"
+                    )
+                for mode, (buffer, shape) in enumerate(zip(value, k_shapes)):
+                    check_tensor(buffer, f"state.{name}[{mode}]")
+                    if tuple(tl.shape(buffer)) != shape:
+                        raise ValueError(
+                            f"state.{name}[{mode}] has shape "
+                            f"{tuple(tl.shape(buffer))}, expected {shape}: the state "
+                            "belongs to another point"
+                        )
+
+    def begin_step(self) -> OptimizerState:
+        """Called once at the start of every step."""
+        return self
+
+    def lift(self, embeddings: Sequence[Any]) -> OptimizerState:
+        """Core state into the augmented bases (``E_i = Uhat_i^T U_i``)."""
+        return self.transform_core(embeddings)
+
+    def transform_core(self, matrices: Sequence[Any]) -> OptimizerState:
+        raise NotImplementedError
+
+    def transform_bases(self, matrices: Sequence[Any]) -> OptimizerState:
+        raise NotImplementedError
+
+    def core_direction(self, grad: Any) -> tuple[Any, OptimizerState]:
+        raise NotImplementedError
+
+    def basis_direction(self, mode: int, grad: Any) -> tuple[Any, OptimizerState]:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Momentum(OptimizerState):
+    """Heavy-ball momentum: ``b <- beta b + g``, step along ``b`` (``g + beta b`` if
+    ``nesterov``), for the core (Galerkin) update and every K update.
+
+    Build it with :meth:`Momentum.init`.
+    """
+
+    beta: float
+    nesterov: bool
+    core: Any
+    bases: tuple[Any, ...]
+
+    @classmethod
+    def init(
+        cls, tucker: Any, beta: float = 0.9, *, nesterov: bool = False
+    ) -> Momentum:
+        """Zero momentum for the point ``tucker``.
+
+        Parameters
+        ----------
+        tucker : TuckerTensor or (core, factors)
+        beta : float in [0, 1)
+        nesterov : bool
+        """
+        core, factors = tucker
+        beta = _check_fraction(beta, "beta")
+        bases = tuple(_zeros(shape, core) for shape in _k_shapes(core, factors))
+        return cls(beta, bool(nesterov), _zeros(tl.shape(core), core), bases)
+
+    def _buffers(self) -> dict[str, Any]:
+        return {"core": self.core, "bases": self.bases}
+
+    def transform_core(self, matrices: Sequence[Any]) -> Momentum:
+        return dataclasses.replace(
+            self, core=_transform_core(self.core, matrices, squared=False)
+        )
+
+    def transform_bases(self, matrices: Sequence[Any]) -> Momentum:
+        return dataclasses.replace(
+            self, bases=_transform_bases(self.bases, matrices, squared=False)
+        )
+
+    def _direction(self, buffer: Any, grad: Any) -> tuple[Any, Any]:
+        buffer = self.beta * buffer + grad
+        return (grad + self.beta * buffer if self.nesterov else buffer), buffer
+
+    def core_direction(self, grad: Any) -> tuple[Any, Momentum]:
+        direction, buffer = self._direction(self.core, grad)
+        return direction, dataclasses.replace(self, core=buffer)
+
+    def basis_direction(self, mode: int, grad: Any) -> tuple[Any, Momentum]:
+        direction, buffer = self._direction(self.bases[mode], grad)
+        bases = list(self.bases)
+        bases[mode] = buffer
+        return direction, dataclasses.replace(self, bases=tuple(bases))
+
+
+@dataclasses.dataclass(frozen=True)
+class Adam(OptimizerState):
+    """Adam (Kingma and Ba, 2015) on the core (Galerkin) update and every K update.
+
+    Second moments follow coordinate changes as diagonal covariances (module notes);
+    Adam is not invariant under rotations of the coordinates, so this transport is the
+    natural choice rather than an exact equivalence. Build it with :meth:`Adam.init`.
+    """
+
+    beta1: float
+    beta2: float
+    eps: float
+    count: int
+    core_m: Any
+    core_v: Any
+    bases_m: tuple[Any, ...]
+    bases_v: tuple[Any, ...]
+
+    @classmethod
+    def init(
+        cls, tucker: Any, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> Adam:
+        """Zero moments for the point ``tucker``.
+
+        Parameters
+        ----------
+        tucker : TuckerTensor or (core, factors)
+        betas : (float, float) in [0, 1)
+        eps : float > 0
+        """
+        core, factors = tucker
+        beta1 = _check_fraction(betas[0], "betas[0]")
+        beta2 = _check_fraction(betas[1], "betas[1]")
+        if not (isinstance(eps, numbers.Real) and eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+        shapes = _k_shapes(core, factors)
+        return cls(
+            beta1,
+            beta2,
+            float(eps),
+            0,
+            _zeros(tl.shape(core), core),
+            _zeros(tl.shape(core), core),
+            tuple(_zeros(s, core) for s in shapes),
+            tuple(_zeros(s, core) for s in shapes),
+        )
+
+    def _buffers(self) -> dict[str, Any]:
+        return {
+            "core_m": self.core_m,
+            "core_v": self.core_v,
+            "bases_m": self.bases_m,
+            "bases_v": self.bases_v,
+        }
+
+    def begin_step(self) -> Adam:
+        return dataclasses.replace(self, count=self.count + 1)
+
+    def transform_core(self, matrices: Sequence[Any]) -> Adam:
+        return dataclasses.replace(
+            self,
+            core_m=_transform_core(self.core_m, matrices, squared=False),
+            core_v=_transform_core(self.core_v, matrices, squared=True),
+        )
+
+    def transform_bases(self, matrices: Sequence[Any]) -> Adam:
+        return dataclasses.replace(
+            self,
+            bases_m=_transform_bases(self.bases_m, matrices, squared=False),
+            bases_v=_transform_bases(self.bases_v, matrices, squared=True),
+        )
+
+    def _direction(self, m: Any, v: Any, grad: Any) -> tuple[Any, Any, Any]:
+        count = max(self.count, 1)
+        m = self.beta1 * m + (1.0 - self.beta1) * grad
+        v = self.beta2 * v + (1.0 - self.beta2) * grad * grad
+        m_hat = m / (1.0 - self.beta1**count)
+        v_hat = v / (1.0 - self.beta2**count)
+        return m_hat / (tl.sqrt(v_hat) + self.eps), m, v
+
+    def core_direction(self, grad: Any) -> tuple[Any, Adam]:
+        direction, m, v = self._direction(self.core_m, self.core_v, grad)
+        return direction, dataclasses.replace(self, core_m=m, core_v=v)
+
+    def basis_direction(self, mode: int, grad: Any) -> tuple[Any, Adam]:
+        direction, m, v = self._direction(self.bases_m[mode], self.bases_v[mode], grad)
+        bases_m, bases_v = list(self.bases_m), list(self.bases_v)
+        bases_m[mode], bases_v[mode] = m, v
+        return direction, dataclasses.replace(
+            self, bases_m=tuple(bases_m), bases_v=tuple(bases_v)
+        )
+
+
+def k_coordinate_change(
+    old_q: Sequence[Any],
+    old_factors: Sequence[Any],
+    new_q: Sequence[Any],
+    new_factors: Sequence[Any],
+) -> list[Any]:
+    """``R_i = V_i^T V_i'`` for every mode, without forming any Kronecker product.
+
+    ``V_i = (kron_{j != i} U_j) Q_i``; the product ``(kron_j U_j^T U'_j) Q_i'`` is
+    applied by mode products on ``Q_i'`` folded into a tensor.
+    """
+    order = len(old_factors)
+    overlaps = [
+        tl.dot(tl.transpose(u), u_new)
+        for u, u_new in zip(old_factors, new_factors, strict=True)
+    ]
+    changes = []
+    for mode in range(order):
+        others = [j for j in range(order) if j != mode]
+        q_new = new_q[mode]
+        shape = [tl.shape(new_factors[j])[1] for j in others]
+        folded = tl.reshape(q_new, (*shape, tl.shape(q_new)[1]))
+        for position, j in enumerate(others):
+            folded = tl.tenalg.mode_dot(folded, overlaps[j], position)
+        rows = math.prod(tl.shape(old_factors[j])[1] for j in others)
+        mapped = tl.reshape(folded, (rows, tl.shape(q_new)[1]))
+        changes.append(tl.dot(tl.transpose(old_q[mode]), mapped))
+    return changes

@@ -1,0 +1,149 @@
+"""The TDLRT rank-adaptive step (THEORY.md section 5), in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorly as tl
+from tensorly.tucker_tensor import TuckerTensor
+
+from ..contractions import GradientContractions
+from ..hosvd import RankSpec
+from ..linalg import augment_basis
+from ._blocks import (
+    augmented_dims,
+    check_rule,
+    check_step_inputs,
+    lift,
+    reparametrize,
+    truncate_step,
+)
+from .state import OptimizerState
+
+__all__ = ["tdlrt_step"]
+
+
+def tdlrt_step(
+    tucker: Any,
+    grad: Any,
+    lr: float,
+    *,
+    tol: float | None = None,
+    relative: bool = True,
+    min_rank: RankSpec = 1,
+    max_rank: RankSpec = None,
+    rank: RankSpec = None,
+    budget: int | None = None,
+    state: OptimizerState | None = None,
+) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
+    """One rank-adaptive TDLRT step from the Euclidean gradient at the current point.
+
+    1. ``G = grad`` at ``Y0 = C ×_i U_i``.
+    2. K-steps, every mode independently: ``unfold(C, i)^T = Q_i S_i^T`` and
+       ``K_i1 = U_i S_i - lr * dL/dK_i`` with
+       ``dL/dK_i = unfold(G ×_{j != i} U_j^T, i) Q_i`` (no inverse of ``S_i``).
+    3. Augment: ``Uhat_i = orth([U_i, K_i1])``, old basis first.
+    4. Lift: ``Chat0 = C ×_i (Uhat_i^T U_i)``, so ``Chat0 ×_i Uhat_i == Y0``.
+    5. Galerkin step: ``Chat1 = Chat0 - lr * G ×_i Uhat_i^T``. The gradient there is
+       the gradient at ``Chat0 ×_i Uhat_i = Y0``, i.e. ``G`` itself: one gradient
+       (one forward/backward pass, one mini-batch) serves steps 2 and 5.
+    6. Truncate ``Chat1`` by the HOSVD of this small core (``tol``, ``rank`` or
+       ``budget``), clipped to ``[min_rank, max_rank]``.
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+        Current point, orthonormal factors.
+    grad : tensor
+        Dense Euclidean gradient of the objective at ``tucker`` (full shape).
+    lr : float
+        Step size ``h > 0``.
+    tol : float, optional
+        Truncation tolerance: ``||Y1 - Y1_untruncated|| <= tol * ||Chat1||`` (relative,
+        the default) or ``<= tol`` (``relative=False``); see :func:`tuckerflow.hosvd`.
+    relative : bool, default True
+    min_rank, max_rank : int or sequence of int, optional
+        Bounds for the new ranks (``max_rank`` defaults to the mode sizes).
+    rank : int or sequence of int, optional
+        Fixed rank after the step instead of a tolerance (an "augmented BUG" step).
+    budget : int, optional
+        Parameter budget ``prod(r) + sum(n_i r_i)`` for the new ranks.
+    state : Momentum or Adam, optional
+        Optimizer state; the K and core updates then use its directions. The state is
+        carried into the new bases (see :mod:`tuckerflow.integrators.state`).
+
+    Returns
+    -------
+    TuckerTensor
+        The new point; ``(TuckerTensor, state)`` when ``state`` was given.
+
+    Notes
+    -----
+    ``span[U_i, K_i1] = span[U_i, dL/dK_i]`` because ``U_i S_i`` lies in ``span(U_i)``;
+    the basis is built from the direction itself, which avoids the cancellation of
+    ``U_i S_i - lr * dL/dK_i`` for small ``lr``.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
+    """
+    core, factors, lr = check_step_inputs(tucker, grad, lr, state)
+    order = len(factors)
+    # reparametrizations first: they fix the augmented sizes for validating the rule
+    reparams = [reparametrize(core, mode) for mode in range(order)]
+    tol = check_rule(
+        core,
+        factors,
+        augmented_dims(factors, [tl.shape(q)[1] for q, _ in reparams]),
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        budget=budget,
+    )
+    state = state.begin_step() if state is not None else None
+
+    # 1. the only passes over the dense gradient
+    contractions = GradientContractions(grad, factors)
+
+    # 2-3. K-steps and augmented bases, mode by mode
+    bases, embeddings = [], []
+    for mode, (factor, (q, _)) in enumerate(zip(factors, reparams, strict=True)):
+        k_grad = tl.dot(contractions.unfolded_partial(mode), q)  # dL/dK_i
+        direction = k_grad
+        if state is not None:
+            direction, state = state.basis_direction(mode, k_grad)
+        basis = augment_basis(factor, direction)  # orth([U_i, K_i1])
+        bases.append(basis)
+        embeddings.append(tl.dot(tl.transpose(basis), factor))
+
+    # 4. lift the core (and the optimizer state) into the augmented bases
+    lifted = lift(core, embeddings)
+    if state is not None:
+        state = state.lift(embeddings)
+
+    # 5. Galerkin step with the same gradient: the lifted point is Y0
+    core_grad = contractions.galerkin(bases, embeddings)
+    direction = core_grad
+    if state is not None:
+        direction, state = state.core_direction(core_grad)
+    augmented = lifted - lr * direction
+
+    # 6. truncate the small augmented core
+    result, state = truncate_step(
+        augmented,
+        bases,
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        budget=budget,
+        state=state,
+        old_factors=factors,
+        old_q=[q for q, _ in reparams],
+    )
+    return result if state is None else (result, state)
