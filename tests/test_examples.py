@@ -24,3 +24,35 @@ def test_indian_pines_demo_runs():
         tol, error = float(row[0]), float(row[-4])
         assert error <= tol
     assert "budget 20,000" in result.stdout
+
+
+def _run(script, *args):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_completion_example_generalises_to_held_out_entries():
+    out = _run("tensor_completion.py", "--steps", "20")
+    sections = out.split("completion (50% observed)")
+    assert len(sections) == 2
+    last = [
+        line.split() for line in sections[1].splitlines() if line[:5].strip().isdigit()
+    ]
+    observed, held_out = float(last[-1][-2]), float(last[-1][-1])
+    assert held_out < 0.1 and held_out < 1.2 * observed
+
+
+def test_ode_example_adapts_the_rank_and_tracks_the_full_solution():
+    out = _run("tensor_ode.py", "--tol", "1e-3")
+    rows = [line.split() for line in out.splitlines() if line[:5].strip()[:1] == "0"]
+    rows += [line.split() for line in out.splitlines() if line.startswith(" 1.00")]
+    ranks = [int(row[1].strip("(,")) for row in rows]
+    errors = [float(row[-1]) for row in rows]
+    assert max(ranks) > ranks[0] and ranks[-1] < max(ranks)  # grows, then shrinks
+    assert max(errors) < 1e-2  # stays at the tolerance's level

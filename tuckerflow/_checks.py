@@ -48,15 +48,22 @@ def check_floating(tensor: Any, name: str) -> None:
         raise TypeError(f"{name} must be real, got dtype {tensor.dtype}")
 
 
-def check_dense(tensor: Any, name: str, *, min_ndim: int = 2) -> None:
-    """Validate a dense tensor argument: backend, dtype, order, finiteness."""
+def check_dense(
+    tensor: Any, name: str, *, min_ndim: int = 2, finite: bool = True
+) -> None:
+    """Validate a dense tensor argument: backend, dtype, order, finiteness.
+
+    ``finite=False`` skips the (one full pass) finiteness check for callers that check
+    a contraction of the tensor instead.
+    """
     check_tensor(tensor, name)
     check_floating(tensor, name)
     if tl.ndim(tensor) < min_ndim:
         raise ValueError(
             f"{name} must have at least {min_ndim} modes, got shape {tl.shape(tensor)}"
         )
-    check_finite(tensor, name)
+    if finite:
+        check_finite(tensor, name)
 
 
 def orthonormality_error(factor: Any) -> float:

@@ -13,6 +13,9 @@ from typing import Any
 
 import tensorly as tl
 
+from .backend import is_finite
+from .linalg import mode_product
+
 __all__ = ["contract", "contract_all_but_one", "GradientContractions"]
 
 
@@ -22,12 +25,16 @@ def contract(tensor: Any, matrices: Sequence[Any], modes: Sequence[int]) -> Any:
     Modes are contracted in decreasing order of shrink factor ``n_m / r_m``, which
     minimises the size of the intermediates (and hence the flops) for thin factors.
     """
+    # ties: later modes first, their product is one plain matmul without batching
     pairs = sorted(
         zip(modes, matrices),
-        key=lambda pair: -tl.shape(pair[1])[0] / max(tl.shape(pair[1])[1], 1),
+        key=lambda pair: (
+            -tl.shape(pair[1])[0] / max(tl.shape(pair[1])[1], 1),
+            -pair[0],
+        ),
     )
     for mode, matrix in pairs:
-        tensor = tl.tenalg.mode_dot(tensor, tl.transpose(matrix), mode)
+        tensor = mode_product(tensor, matrix, mode, transpose=True)
     return tensor
 
 
@@ -99,7 +106,7 @@ class GradientContractions:
         self.first_mode = max(range(order), key=lambda m: shapes[m][0] / shapes[m][1])
         first = self.first_mode
         others = [m for m in range(order) if m != first]
-        self.first = tl.tenalg.mode_dot(grad, tl.transpose(self.factors[first]), first)
+        self.first = mode_product(grad, self.factors[first], first, transpose=True)
         self.partial = {
             first: contract(grad, [self.factors[m] for m in others], others)
         }
@@ -108,11 +115,24 @@ class GradientContractions:
         else:
             self.partial.update(contract_all_but_one(self.first, self.factors, others))
 
+    def check_finite(self, name: str = "grad") -> None:
+        """Raise ValueError if the gradient holds NaN or Inf.
+
+        Checked on ``G ×_f U_f^T``: every entry of ``G`` enters it (IEEE: ``NaN * 0``
+        and ``Inf * 0`` are NaN), so this sees every non-finite entry at ``r_f / n_f``
+        of the cost of scanning ``G``; it also catches overflow in the contraction.
+        """
+        if not is_finite(self.first):
+            raise ValueError(
+                f"{name} contains NaN or Inf entries (or overflows when contracted "
+                "with the factors)"
+            )
+
     def core_gradient(self) -> Any:
         """``G ×_j U_j^T``: the gradient with respect to the core."""
         first = self.first_mode
-        return tl.tenalg.mode_dot(
-            self.partial[first], tl.transpose(self.factors[first]), first
+        return mode_product(
+            self.partial[first], self.factors[first], first, transpose=True
         )
 
     def unfolded_partial(self, mode: int) -> Any:
@@ -137,13 +157,13 @@ class GradientContractions:
         # Uhat_f[:, :r] = U_f R11^{-1}, hence the old-basis block is
         # G ×_f Uhat_f[:, :r]^T = (G ×_f U_f^T) ×_f R11^{-T}
         r11 = embeddings[first][:rank]
-        old = tl.tenalg.mode_dot(
-            self.first, tl.transpose(tl.solve(r11, _eye_like(r11))), first
+        old = mode_product(
+            self.first, tl.solve(r11, _eye_like(r11)), first, transpose=True
         )
         blocks = [old]
         if tl.shape(basis)[1] > rank:
             blocks.append(
-                tl.tenalg.mode_dot(self.grad, tl.transpose(basis[:, rank:]), first)
+                mode_product(self.grad, basis[:, rank:], first, transpose=True)
             )
         stacked = tl.concatenate(blocks, axis=first) if len(blocks) > 1 else old
         others = [m for m in range(len(bases)) if m != first]

@@ -21,7 +21,7 @@ def check_step_inputs(
     """Validate a step's point, gradient, learning rate and state; raise before work."""
     core, factors = check_tucker(tucker, "tucker")
     lr = check_positive(lr, "lr")
-    check_gradient(grad, core, factors)
+    check_gradient(grad, core, factors, finite=False)
     if state is not None:
         if not isinstance(state, OptimizerState):
             raise TypeError(
@@ -32,9 +32,19 @@ def check_step_inputs(
     return core, factors, lr
 
 
-def check_gradient(grad: Any, core: Any, factors: Sequence[Any], name="grad") -> None:
-    """The gradient must be a finite dense tensor of the point's shape and dtype."""
-    check_dense(grad, name)
+def check_gradient(
+    grad: Any,
+    core: Any,
+    factors: Sequence[Any],
+    name: str = "grad",
+    finite: bool = True,
+) -> None:
+    """The gradient must be a dense tensor of the point's shape and dtype.
+
+    With ``finite=False`` its values are checked later, on the first contraction
+    (:meth:`GradientContractions.check_finite`), which costs ``r / n`` of a pass.
+    """
+    check_dense(grad, name, finite=finite)
     shape = tucker_shape(factors)
     if tuple(tl.shape(grad)) != shape:
         raise ValueError(

@@ -62,6 +62,7 @@ def bug_step(
     if not callable(grad_fn):
         raise TypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
     contractions = GradientContractions(grad, factors)
+    contractions.check_finite("grad")
     bases = []
     for mode, factor in enumerate(factors):
         q, s = reparametrize(core, mode)
@@ -122,6 +123,7 @@ def parallel_bug_step(
     )
     state = state.begin_step() if state is not None else None
     contractions = GradientContractions(grad, factors)
+    contractions.check_finite("grad")
 
     core_grad = contractions.core_gradient()
     if state is not None:

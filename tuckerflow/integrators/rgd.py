@@ -7,6 +7,7 @@ from typing import Any
 import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
+from .._checks import check_finite
 from ..hosvd import RankSpec, truncate_core
 from ..linalg import thin_qr
 from ..retraction import augmented_sum
@@ -60,6 +61,7 @@ def rgd_step(
     TuckerTensor
     """
     core, factors, lr = check_step_inputs(tucker, grad, lr)
+    check_finite(grad, "grad")  # the projection below does not check its input
     if retraction not in ("hosvd", "factors"):
         raise ValueError(f"retraction must be 'hosvd' or 'factors', got {retraction!r}")
     if retraction == "factors":

@@ -10,6 +10,7 @@ from tensorly.tucker_tensor import TuckerTensor
 from ..contractions import GradientContractions
 from ..hosvd import RankSpec
 from ..linalg import augment_basis
+from ..profiling import phase
 from ._blocks import (
     augmented_dims,
     check_rule,
@@ -92,7 +93,8 @@ def tdlrt_step(
     core, factors, lr = check_step_inputs(tucker, grad, lr, state)
     order = len(factors)
     # reparametrizations first: they fix the augmented sizes for validating the rule
-    reparams = [reparametrize(core, mode) for mode in range(order)]
+    with phase("augmentation"):
+        reparams = [reparametrize(core, mode) for mode in range(order)]
     tol = check_rule(
         core,
         factors,
@@ -107,43 +109,53 @@ def tdlrt_step(
     state = state.begin_step() if state is not None else None
 
     # 1. the only passes over the dense gradient
-    contractions = GradientContractions(grad, factors)
+    with phase("contractions"):
+        contractions = GradientContractions(grad, factors)
+        contractions.check_finite("grad")
+        k_grads = [
+            tl.dot(contractions.unfolded_partial(mode), q)  # dL/dK_i
+            for mode, (q, _) in enumerate(reparams)
+        ]
 
     # 2-3. K-steps and augmented bases, mode by mode
-    bases, embeddings = [], []
-    for mode, (factor, (q, _)) in enumerate(zip(factors, reparams, strict=True)):
-        k_grad = tl.dot(contractions.unfolded_partial(mode), q)  # dL/dK_i
-        direction = k_grad
-        if state is not None:
-            direction, state = state.basis_direction(mode, k_grad)
-        basis = augment_basis(factor, direction)  # orth([U_i, K_i1])
-        bases.append(basis)
-        embeddings.append(tl.dot(tl.transpose(basis), factor))
+    with phase("augmentation"):
+        bases, embeddings = [], []
+        for mode, (factor, k_grad) in enumerate(zip(factors, k_grads, strict=True)):
+            direction = k_grad
+            if state is not None:
+                direction, state = state.basis_direction(mode, k_grad)
+            basis = augment_basis(factor, direction)  # orth([U_i, K_i1])
+            bases.append(basis)
+            embeddings.append(tl.dot(tl.transpose(basis), factor))
 
     # 4. lift the core (and the optimizer state) into the augmented bases
-    lifted = lift(core, embeddings)
-    if state is not None:
-        state = state.lift(embeddings)
+    with phase("core step"):
+        lifted = lift(core, embeddings)
+        if state is not None:
+            state = state.lift(embeddings)
 
     # 5. Galerkin step with the same gradient: the lifted point is Y0
-    core_grad = contractions.galerkin(bases, embeddings)
-    direction = core_grad
-    if state is not None:
-        direction, state = state.core_direction(core_grad)
-    augmented = lifted - lr * direction
+    with phase("contractions"):
+        core_grad = contractions.galerkin(bases, embeddings)
+    with phase("core step"):
+        direction = core_grad
+        if state is not None:
+            direction, state = state.core_direction(core_grad)
+        augmented = lifted - lr * direction
 
     # 6. truncate the small augmented core
-    result, state = truncate_step(
-        augmented,
-        bases,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-        state=state,
-        old_factors=factors,
-        old_q=[q for q, _ in reparams],
-    )
+    with phase("truncation"):
+        result, state = truncate_step(
+            augmented,
+            bases,
+            rank=rank,
+            tol=tol,
+            relative=relative,
+            min_rank=min_rank,
+            max_rank=max_rank,
+            budget=budget,
+            state=state,
+            old_factors=factors,
+            old_q=[q for q, _ in reparams],
+        )
     return result if state is None else (result, state)

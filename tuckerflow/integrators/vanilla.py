@@ -38,8 +38,9 @@ def vanilla_step(tucker: Any, grad: Any, lr: float) -> TuckerTensor:
     """
     core, factors = check_tucker(tucker, "tucker", orthonormal=False)
     lr = check_positive(lr, "lr")
-    check_gradient(grad, core, factors)
+    check_gradient(grad, core, factors, finite=False)
     contractions = GradientContractions(grad, factors)
+    contractions.check_finite("grad")
     new_core = core - lr * contractions.core_gradient()
     new_factors = [
         factor
