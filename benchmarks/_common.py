@@ -78,10 +78,14 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def save(name: str, payload: dict[str, Any]) -> pathlib.Path:
-    """Write ``results/<name>.json`` with the machine facts added."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def save(
+    name: str, payload: dict[str, Any], directory: str | pathlib.Path | None = None
+) -> pathlib.Path:
+    """Write ``<directory>/<name>.json`` (default ``benchmarks/results``) with the
+    machine facts added."""
+    folder = pathlib.Path(directory) if directory else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     payload = {"machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path

@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["numpy", "pytorch"])
     parser.add_argument("--device", default=None, help="e.g. cuda for pytorch")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", default=None, help="results folder")
     args = parser.parse_args()
     cases = QUICK if args.quick else FULL
     repeats = args.repeats or (3 if args.quick else 5)
@@ -121,6 +122,7 @@ def main() -> None:
     path = save(
         "step_cost_quick" if args.quick else "step_cost",
         {"repeats": repeats, "dtype": "float64", "rows": rows},
+        args.out,
     )
     print(f"\nsaved {path}")
 

@@ -4,8 +4,10 @@ Tolerance convention
 --------------------
 ``tol`` bounds the *total* truncation error. Truncating every mode independently gives
 ``||W - W_r||^2 <= sum_i tail_i^2`` (tail_i: discarded singular values of mode i), so
-each mode keeps the smallest rank whose tail is at most ``theta / sqrt(d)``, where
-``theta = tol * ||W||`` (``relative=True``, the default) or ``theta = tol``. Hence
+each mode keeps the smallest rank whose tail is at most ``theta / sqrt(d')``, where
+``theta = tol * ||W||`` (``relative=True``, the default) or ``theta = tol`` and ``d'``
+is the number of modes that can be truncated (``d``, unless ``min_rank``/``max_rank``
+pin some modes to their full size, as a network layer does for kernel modes). Hence
 ``||W - W_r|| <= theta`` whenever ``max_rank`` does not cut a rank below what the rule
 asks. A per-mode threshold of ``theta`` itself would let the error reach
 ``sqrt(d) * theta``: on a 4-mode convolution kernel, a relative 0.3 could discard 60%.
@@ -18,6 +20,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
@@ -29,7 +32,8 @@ from ._checks import (
     check_tucker,
     tucker_shape,
 )
-from .linalg import left_singular, thin_qr
+from .backend import plain_context, to_float
+from .linalg import fix_column_signs, left_singular, mode_product, thin_qr
 from .ranks import parameter_count, ranks_from_budget, ranks_from_tolerance
 
 __all__ = ["hosvd", "truncate"]
@@ -89,16 +93,27 @@ def select_ranks(
     min_rank: RankSpec,
     max_rank: RankSpec,
     budget: int | None,
+    norm: float | None = None,
 ) -> tuple[int, ...]:
-    """Apply the rank rule (already validated) to the per-mode spectra."""
+    """Apply the rank rule (already validated) to the per-mode spectra.
+
+    ``spectra[i]`` may be None for a mode whose rank is pinned to ``dims[i]`` (see
+    :func:`pinned_modes`); ``norm`` is then needed for a relative tolerance. The
+    tolerance is split over the modes that can actually be truncated: a pinned mode
+    discards nothing, so each free mode may discard ``theta / sqrt(#free modes)``.
+    """
     if rank is not None:
         return check_rank(rank, dims, shape)
     lows, highs = check_rank_bounds(min_rank, max_rank, dims, shape)
-    host_spectra = [tl.to_numpy(s) for s in spectra]
+    host_spectra = [
+        np.zeros(d) if s is None else tl.to_numpy(s) for s, d in zip(spectra, dims)
+    ]
     if tol is not None:
-        norm = math.sqrt(float((host_spectra[0].astype("float64") ** 2).sum()))
+        if norm is None:
+            norm = math.sqrt(float((host_spectra[0].astype("float64") ** 2).sum()))
         theta = tol * norm if relative else tol
-        threshold = theta / math.sqrt(len(dims))
+        free = sum(1 for s in spectra if s is not None)
+        threshold = theta / math.sqrt(max(free, 1))
         return ranks_from_tolerance(host_spectra, threshold, lows, highs)
     if budget is not None:
         return ranks_from_budget(host_spectra, shape, int(budget), lows, highs)
@@ -190,6 +205,54 @@ def hosvd(
     return TuckerTensor((core, factors))
 
 
+def pinned_modes(
+    dims: Sequence[int],
+    shape: Sequence[int],
+    *,
+    rank: RankSpec,
+    min_rank: RankSpec,
+    max_rank: RankSpec,
+) -> list[bool]:
+    """Modes whose new rank must equal their current size ``dims[i]`` (no SVD needed).
+
+    True when the explicit ``rank`` asks for ``dims[i]``, or when ``min_rank`` and
+    ``max_rank`` both clip to ``dims[i]`` (e.g. a convolution's kernel modes, kept at
+    full rank by a network layer).
+    """
+    if rank is not None:
+        ranks = check_rank(rank, dims, shape)
+        return [r == d for r, d in zip(ranks, dims)]
+    lows, highs = check_rank_bounds(min_rank, max_rank, dims, shape)
+    return [low == high == d for low, high, d in zip(lows, highs, dims)]
+
+
+def core_singular_vectors(
+    core: Any, skip: Sequence[bool] | None = None
+) -> tuple[list[Any], list[Any]]:
+    """Left singular vectors and values of every unfolding of a (small) core.
+
+    For a matrix (order 2) one SVD gives both modes. Modes flagged in ``skip`` get
+    ``None`` for both.
+    """
+    order = tl.ndim(core)
+    skip = [False] * order if skip is None else list(skip)
+    if order == 2 and not any(skip):
+        left, values, right_t = tl.svd(core, full_matrices=False)
+        left = fix_column_signs(left)
+        right = fix_column_signs(tl.transpose(right_t))
+        return [left, right], [values, values]
+    bases, spectra = [], []
+    for mode in range(order):
+        if skip[mode]:
+            bases.append(None)
+            spectra.append(None)
+        else:
+            basis, values = left_singular(tl.unfold(core, mode))
+            bases.append(basis)
+            spectra.append(values)
+    return bases, spectra
+
+
 def truncate_core(
     core: Any,
     factors: Sequence[Any],
@@ -220,7 +283,8 @@ def truncate_core(
     """
     dims = tl.shape(core)
     shape = tucker_shape(factors)
-    bases, spectra = zip(*(left_singular(tl.unfold(core, m)) for m in range(len(dims))))
+    pinned = pinned_modes(dims, shape, rank=rank, min_rank=min_rank, max_rank=max_rank)
+    bases, spectra = core_singular_vectors(core, skip=pinned)
     ranks = select_ranks(
         spectra,
         dims,
@@ -231,18 +295,24 @@ def truncate_core(
         min_rank=min_rank,
         max_rank=max_rank,
         budget=budget,
+        norm=to_float(tl.norm(core)) if any(pinned) else None,
     )
-    kept = [basis[:, :r] for basis, r in zip(bases, ranks)]
-    new_core = tl.tenalg.multi_mode_dot(core, kept, transpose=True)
-    # U_i P_i is orthonormal to a few eps plus the defect of U_i; one more thin QR
-    # (R = I + O(eps), absorbed into the core) makes the defect independent of the
-    # history, so it cannot accumulate over thousands of steps (P8)
+    new_core = core
     new_factors, changes = [], []
-    for mode, (factor, basis) in enumerate(zip(factors, kept)):
-        q, r = thin_qr(tl.dot(factor, basis))
+    for mode, (factor, basis, r) in enumerate(zip(factors, bases, ranks)):
+        if basis is None:  # pinned: nothing to truncate or rotate in this mode
+            new_factors.append(factor)
+            changes.append(tl.eye(r, **plain_context(core)))
+            continue
+        kept = basis[:, :r]
+        new_core = mode_product(new_core, kept, mode, transpose=True)
+        # U_i P_i is orthonormal to a few eps plus the defect of U_i; one more thin
+        # QR (R = I + O(eps), absorbed into the core) makes the defect independent
+        # of the history, so it cannot accumulate over thousands of steps (P8)
+        q, upper = thin_qr(tl.dot(factor, kept))
         new_factors.append(q)
-        new_core = tl.tenalg.mode_dot(new_core, r, mode)
-        changes.append(tl.dot(r, tl.transpose(basis)))
+        new_core = mode_product(new_core, upper, mode)
+        changes.append(tl.dot(upper, tl.transpose(kept)))
     return TuckerTensor((new_core, new_factors)), list(spectra), changes
 
 

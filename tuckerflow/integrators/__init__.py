@@ -4,7 +4,12 @@ Every step is a pure function ``(tucker, grad, lr, ...) -> tucker`` of the dense
 Euclidean gradient at the current point; :func:`integrate` runs them on an objective.
 """
 
-from .bug import bug_step, parallel_bug_step
+from .bug import (
+    bug_step,
+    k_gradients_from_factor_gradients,
+    parallel_bug_step,
+    parallel_bug_update,
+)
 from .driver import METHODS, History, IntegrationError, IntegrationResult, integrate
 from .rgd import rgd_step
 from .state import Adam, Momentum, OptimizerState
@@ -21,7 +26,9 @@ __all__ = [
     "OptimizerState",
     "bug_step",
     "integrate",
+    "k_gradients_from_factor_gradients",
     "parallel_bug_step",
+    "parallel_bug_update",
     "rgd_step",
     "tdlrt_step",
     "vanilla_step",

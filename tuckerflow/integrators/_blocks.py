@@ -10,6 +10,7 @@ import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
 from .._checks import check_dense, check_positive, check_tucker, tucker_shape
+from ..backend import plain_context
 from ..hosvd import RankSpec, check_rank_rule, truncate_core
 from ..linalg import thin_qr
 from .state import OptimizerState, k_coordinate_change
@@ -22,14 +23,20 @@ def check_step_inputs(
     core, factors = check_tucker(tucker, "tucker")
     lr = check_positive(lr, "lr")
     check_gradient(grad, core, factors, finite=False)
-    if state is not None:
-        if not isinstance(state, OptimizerState):
-            raise TypeError(
-                "state must be a tuckerflow.Momentum or tuckerflow.Adam state, got "
-                f"{type(state).__name__}"
-            )
-        state.check(core, factors)
+    check_state(state, core, factors)
     return core, factors, lr
+
+
+def check_state(state: Any, core: Any, factors: Sequence[Any]) -> None:
+    """``None``, or a Momentum/Adam state whose buffers fit the point."""
+    if state is None:
+        return
+    if not isinstance(state, OptimizerState):
+        raise TypeError(
+            "state must be a tuckerflow.Momentum or tuckerflow.Adam state, got "
+            f"{type(state).__name__}"
+        )
+    state.check(core, factors)
 
 
 def check_gradient(
@@ -113,6 +120,50 @@ def lift(core: Any, embeddings: Sequence[Any]) -> Any:
     (the embeddings are ``[R11; 0]`` with ``R11`` the identity up to rounding).
     """
     return tl.tenalg.multi_mode_dot(core, embeddings)
+
+
+def single_new_blocks(
+    directions: Sequence[Any | None],
+    bases: Sequence[Any],
+    factors: Sequence[Any],
+    embeddings: Sequence[Any],
+    reparams: Sequence[Any | None],
+) -> Any | None:
+    """The K-step directions written as a core in the augmented bases.
+
+    ``sum_i`` of the block where only mode i is new, holding
+    ``Utilde_i^T X_i Q_i^T`` folded in mode i (``Utilde_i``: the new columns of
+    ``Uhat_i``), old bases elsewhere: the tensor ``sum_i fold_i(P_i X_i V_i^T)`` with
+    ``P_i`` the projector onto the new directions. ``directions[i]`` of shape
+    ``(n_i, k_i)``; None (or a mode without new columns) contributes nothing.
+    Returns None when nothing contributes.
+    """
+    total = None
+    ranks = [tl.shape(f)[1] for f in factors]
+    for mode, direction in enumerate(directions):
+        extra = tl.shape(bases[mode])[1] - ranks[mode]
+        if direction is None or extra == 0:
+            continue
+        block = tl.dot(
+            tl.dot(tl.transpose(bases[mode][:, ranks[mode] :]), direction),
+            tl.transpose(reparams[mode][0]),
+        )
+        shape = list(ranks)
+        shape[mode] = extra
+        folded = tl.fold(block, mode, shape)
+        placement = [
+            embeddings[j] if j != mode else _selector(bases[mode], ranks[mode])
+            for j in range(len(factors))
+        ]
+        placed = tl.tenalg.multi_mode_dot(folded, placement)
+        total = placed if total is None else total + placed
+    return total
+
+
+def _selector(basis: Any, start: int) -> Any:
+    """``(rhat, rhat - start)`` matrix embedding coordinates of ``basis[:, start:]``."""
+    total = tl.shape(basis)[1]
+    return tl.eye(total, **plain_context(basis))[:, start:]
 
 
 def truncate_step(

@@ -6,27 +6,36 @@ truncation (THEORY.md section 5, variants).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
+from .._checks import check_finite, check_positive, check_tensor, check_tucker
 from ..contractions import GradientContractions
 from ..hosvd import RankSpec
 from ..linalg import augment_basis, orthonormal_basis
+from ..profiling import phase
 from ._blocks import (
     augmented_dims,
     check_gradient,
     check_rule,
+    check_state,
     check_step_inputs,
     lift,
     reparametrize,
+    single_new_blocks,
     truncate_step,
 )
 from .state import OptimizerState
 
-__all__ = ["bug_step", "parallel_bug_step"]
+__all__ = [
+    "bug_step",
+    "parallel_bug_step",
+    "parallel_bug_update",
+    "k_gradients_from_factor_gradients",
+]
 
 
 def bug_step(
@@ -108,9 +117,115 @@ def parallel_bug_step(
     state of new directions starts at zero).
     """
     core, factors, lr = check_step_inputs(tucker, grad, lr, state)
-    order = len(factors)
-    reparams = [reparametrize(core, mode) for mode in range(order)]
-    tol = check_rule(
+    reparams = [reparametrize(core, mode) for mode in range(len(factors))]
+    tol = _check_parallel_rule(
+        core, factors, reparams, rank, tol, relative, min_rank, max_rank, budget
+    )
+    contractions = GradientContractions(grad, factors)
+    contractions.check_finite("grad")
+    k_grads = [
+        tl.dot(contractions.unfolded_partial(mode), q)
+        for mode, (q, _) in enumerate(reparams)
+    ]
+    return _parallel_update(
+        core,
+        factors,
+        reparams,
+        contractions.core_gradient(),
+        k_grads,
+        lr,
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        budget=budget,
+        state=state,
+    )
+
+
+def parallel_bug_update(
+    tucker: Any,
+    core_grad: Any,
+    k_grads: Sequence[Any],
+    lr: float,
+    *,
+    tol: float | None = None,
+    relative: bool = True,
+    min_rank: RankSpec = 1,
+    max_rank: RankSpec = None,
+    rank: RankSpec = None,
+    budget: int | None = None,
+    state: OptimizerState | None = None,
+) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
+    """:func:`parallel_bug_step` from the projected gradients instead of the dense one.
+
+    For callers that never form the dense gradient, e.g. a factorized network layer
+    whose backward pass yields the factor gradients
+    (:func:`k_gradients_from_factor_gradients` turns those into K-gradients).
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+    core_grad : tensor
+        ``dL/dC = G ×_j U_j^T``, shaped like the core.
+    k_grads : sequence of tensors
+        ``dL/dK_i = unfold(G ×_{j != i} U_j^T, i) Q_i``, of shape ``(n_i, k_i)`` with
+        ``Q_i`` from the QR of ``unfold(C, i)^T`` (see :func:`reparametrize`).
+    lr, tol, relative, min_rank, max_rank, rank, budget, state
+        As in :func:`parallel_bug_step`.
+    """
+    core, factors = check_tucker(tucker, "tucker")
+    lr = check_positive(lr, "lr")
+    check_state(state, core, factors)
+    reparams = [reparametrize(core, mode) for mode in range(len(factors))]
+    check_tensor(core_grad, "core_grad")
+    if tuple(tl.shape(core_grad)) != tuple(tl.shape(core)):
+        raise ValueError(
+            f"core_grad has shape {tuple(tl.shape(core_grad))}, the core has "
+            f"{tuple(tl.shape(core))}"
+        )
+    if len(k_grads) != len(factors):
+        raise ValueError(
+            f"give one K-gradient per mode ({len(factors)}), got {len(k_grads)}"
+        )
+    for mode, (k_grad, factor, (q, _)) in enumerate(
+        zip(k_grads, factors, reparams, strict=True)
+    ):
+        check_tensor(k_grad, f"k_grads[{mode}]")
+        expected = (tl.shape(factor)[0], tl.shape(q)[1])
+        if tuple(tl.shape(k_grad)) != expected:
+            raise ValueError(
+                f"k_grads[{mode}] has shape {tuple(tl.shape(k_grad))}, "
+                f"expected {expected}"
+            )
+    check_finite(core_grad, "core_grad")
+    for mode, k_grad in enumerate(k_grads):
+        check_finite(k_grad, f"k_grads[{mode}]")
+    tol = _check_parallel_rule(
+        core, factors, reparams, rank, tol, relative, min_rank, max_rank, budget
+    )
+    return _parallel_update(
+        core,
+        factors,
+        reparams,
+        core_grad,
+        list(k_grads),
+        lr,
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        budget=budget,
+        state=state,
+    )
+
+
+def _check_parallel_rule(
+    core, factors, reparams, rank, tol, relative, min_rank, max_rank, budget
+):
+    return check_rule(
         core,
         factors,
         augmented_dims(factors, [tl.shape(q)[1] for q, _ in reparams]),
@@ -121,68 +236,165 @@ def parallel_bug_step(
         max_rank=max_rank,
         budget=budget,
     )
+
+
+def _parallel_update(
+    core,
+    factors,
+    reparams,
+    core_grad,
+    k_grads,
+    lr,
+    *,
+    rank,
+    tol,
+    relative,
+    min_rank,
+    max_rank,
+    budget,
+    state,
+):
+    """The parallel BUG update itself, from validated projected gradients."""
     state = state.begin_step() if state is not None else None
-    contractions = GradientContractions(grad, factors)
-    contractions.check_finite("grad")
-
-    core_grad = contractions.core_gradient()
-    if state is not None:
-        direction, state = state.core_direction(core_grad)
-    else:
+    with phase("core step"):
         direction = core_grad
-    updated = core - lr * direction
-
-    bases, embeddings, new_blocks = [], [], []
-    for mode, (factor, (q, _)) in enumerate(zip(factors, reparams, strict=True)):
-        k_grad = tl.dot(contractions.unfolded_partial(mode), q)
-        k_direction = k_grad
         if state is not None:
-            k_direction, state = state.basis_direction(mode, k_grad)
-        basis = augment_basis(factor, k_direction)  # [U_i, Utilde_i]
-        rank_i = tl.shape(factor)[1]
-        bases.append(basis)
-        embeddings.append(tl.dot(tl.transpose(basis), factor))
-        # Utilde_i^T K_i1 = -lr Utilde_i^T direction (Utilde_i is orthogonal to U_i)
-        new = -lr * tl.dot(tl.transpose(basis[:, rank_i:]), k_direction)
-        new_blocks.append(tl.dot(new, tl.transpose(q)))
+            direction, state = state.core_direction(core_grad)
+        updated = core - lr * direction
 
-    augmented = lift(updated, embeddings)
-    for mode, block in enumerate(new_blocks):
-        rank_i = tl.shape(factors[mode])[1]
-        extra = tl.shape(bases[mode])[1] - rank_i
-        if extra == 0:
-            continue
-        shape = [tl.shape(f)[1] for f in factors]
-        shape[mode] = extra
-        folded = tl.fold(block, mode, shape)
-        # place it in the block "only mode i new": rows rank_i: of mode i, old elsewhere
-        placement = [
-            tl.dot(tl.transpose(b), f) if j != mode else _selector(b, rank_i)
-            for j, (b, f) in enumerate(zip(bases, factors, strict=True))
-        ]
-        augmented = augmented + tl.tenalg.multi_mode_dot(folded, placement)
-    if state is not None:
-        state = state.lift(embeddings)
+    with phase("augmentation"):
+        bases, embeddings, new_directions = [], [], []
+        for mode, (factor, k_grad) in enumerate(zip(factors, k_grads, strict=True)):
+            if tl.shape(factor)[0] == tl.shape(factor)[1]:  # U_i spans everything
+                bases.append(factor)
+                embeddings.append(tl.dot(tl.transpose(factor), factor))
+                new_directions.append(None)
+                continue
+            k_direction = k_grad
+            if state is not None:
+                k_direction, state = state.basis_direction(mode, k_grad)
+            basis = augment_basis(factor, k_direction)  # [U_i, Utilde_i]
+            bases.append(basis)
+            embeddings.append(tl.dot(tl.transpose(basis), factor))
+            # Utilde_i^T K_i1 = -lr Utilde_i^T direction (Utilde_i is orthogonal to U_i)
+            new_directions.append(-lr * k_direction)
 
-    result, state = truncate_step(
-        augmented,
-        bases,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-        state=state,
-        old_factors=factors,
-        old_q=[q for q, _ in reparams],
-    )
+    with phase("core step"):
+        augmented = lift(updated, embeddings)
+        new_blocks = single_new_blocks(
+            new_directions, bases, factors, embeddings, reparams
+        )
+        if new_blocks is not None:
+            augmented = augmented + new_blocks
+        if state is not None:
+            state = state.lift(embeddings)
+
+    with phase("truncation"):
+        result, state = truncate_step(
+            augmented,
+            bases,
+            rank=rank,
+            tol=tol,
+            relative=relative,
+            min_rank=min_rank,
+            max_rank=max_rank,
+            budget=budget,
+            state=state,
+            old_factors=factors,
+            old_q=None if state is None else [q for q, _ in reparams],
+        )
     return result if state is None else (result, state)
 
 
-def _selector(basis: Any, start: int) -> Any:
-    """``(rhat, rhat - start)`` matrix embedding coordinates of ``basis[:, start:]``."""
-    context = dict(tl.context(basis))
-    context.pop("requires_grad", None)
-    total = tl.shape(basis)[1]
-    return tl.eye(total, **context)[:, start:]
+def _needed_reparams(core: Any, factors: Sequence[Any], with_state: bool) -> list[Any]:
+    """QR reparametrizations; square (full-rank) modes need none without a state."""
+    return [
+        reparametrize(core, mode)
+        if with_state or tl.shape(f)[0] != tl.shape(f)[1]
+        else None
+        for mode, f in enumerate(factors)
+    ]
+
+
+def _k_gradients(core, factors, factor_grads, reparams, rcond):
+    eps = float(tl.finfo(core.dtype).eps)
+    cutoff_ratio = eps**0.5 if rcond is None else float(rcond)
+    k_grads = []
+    for grad, reparam in zip(factor_grads, reparams, strict=True):
+        if reparam is None:
+            k_grads.append(None)
+            continue
+        left, values, right_t = tl.svd(reparam[1], full_matrices=False)
+        cutoff = cutoff_ratio * values[0]
+        safe = tl.where(values > cutoff, values, values * 0 + 1)
+        inverse = tl.where(values > cutoff, 1 / safe, values * 0)
+        # pinv(S^T) = left diag(1 / values) right_t
+        k_grads.append(
+            tl.dot(grad, tl.dot(left * tl.reshape(inverse, (1, -1)), right_t))
+        )
+    return k_grads
+
+
+def parallel_update_from_factor_gradients(
+    core: Any,
+    factors: Sequence[Any],
+    core_grad: Any,
+    factor_grads: Sequence[Any],
+    lr: float,
+    *,
+    rcond: float | None = None,
+    state: OptimizerState | None = None,
+    **rule: Any,
+):
+    """Unchecked parallel BUG update from ``dL/dC`` and ``dL/dU_i`` (one backward pass).
+
+    The fast path of the PyTorch optimizer for factorized layers: it trusts its inputs
+    (orthonormal factors, finite gradients, a validated rule) and shares the QR
+    reparametrizations between the K-gradient solve and the update. Public callers use
+    :func:`k_gradients_from_factor_gradients` and :func:`parallel_bug_update`.
+    """
+    reparams = _needed_reparams(core, factors, state is not None)
+    k_grads = _k_gradients(core, factors, factor_grads, reparams, rcond)
+    return _parallel_update(
+        core, factors, reparams, core_grad, k_grads, lr, state=state, **rule
+    )
+
+
+def k_gradients_from_factor_gradients(
+    tucker: Any, factor_grads: Sequence[Any], *, rcond: float | None = None
+) -> list[Any]:
+    """K-gradients from factor gradients: ``dL/dK_i = dL/dU_i pinv(S_i^T)``.
+
+    Autograd through ``W = C ×_j U_j`` gives ``dL/dU_i = A_i C_(i)^T = A_i Q_i S_i^T``
+    with ``unfold(C, i)^T = Q_i S_i^T``; the K-gradient ``A_i Q_i`` is recovered by a
+    small ``k x k`` solve. The solve amplifies rounding by ``cond(S_i)``, so singular
+    values of ``S_i`` below ``rcond * sigma_max`` (default ``sqrt(eps)``) are dropped:
+    those directions of the core get no K-gradient. The dense-gradient route
+    (:func:`parallel_bug_step`) has no such limit.
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+    factor_grads : sequence of tensors
+        ``dL/dU_i``, shaped like the factors.
+    rcond : float, optional
+
+    Returns
+    -------
+    list of tensors of shape ``(n_i, k_i)``
+    """
+    core, factors = check_tucker(tucker, "tucker")
+    if len(factor_grads) != len(factors):
+        raise ValueError(
+            f"give one factor gradient per mode ({len(factors)}), "
+            f"got {len(factor_grads)}"
+        )
+    for mode, (factor, grad) in enumerate(zip(factors, factor_grads, strict=True)):
+        check_tensor(grad, f"factor_grads[{mode}]")
+        if tuple(tl.shape(grad)) != tuple(tl.shape(factor)):
+            raise ValueError(
+                f"factor_grads[{mode}] has shape {tuple(tl.shape(grad))}, "
+                f"the factor has {tuple(tl.shape(factor))}"
+            )
+    reparams = [reparametrize(core, mode) for mode in range(len(factors))]
+    return _k_gradients(core, factors, factor_grads, reparams, rcond)

@@ -9,6 +9,13 @@ All state lives in the coordinates of the current representation:
   ``K_i = U_i S_i`` with ``unfold(Y, i) = K_i V_i^T`` and
   ``V_i = (kron_{j != i} U_j) Q_i``.
 
+A lifted core state is zero in the new directions, which the truncation usually drops
+again: the velocity of new directions is kept by the K-state instead, and the TDLRT
+step seeds the lifted core momentum's single-new blocks with it (the K-momentum
+``m_i`` enters as ``Utilde_i^T m_i Q_i^T``, as the K-steps themselves do in the
+parallel BUG step). Without this the Galerkin core momentum could never accelerate a
+basis rotation.
+
 Whenever the coordinates change by a matrix ``T`` with orthonormal columns (the lift
 into the augmented bases ``E_i = Uhat_i^T U_i``, the truncation ``P_i^T``, the new
 K-coordinates ``V_i^T V_i'``), a first moment ``m`` is transformed linearly, ``T m`` (it
@@ -126,6 +133,15 @@ class OptimizerState:
     def basis_direction(self, mode: int, grad: Any) -> tuple[Any, OptimizerState]:
         raise NotImplementedError
 
+    def basis_memory(self) -> tuple[Any, ...] | None:
+        """K-space first moments to seed the new directions of a lifted core state
+        (see :meth:`with_new_directions`); None if the method keeps none."""
+        return None
+
+    def with_new_directions(self, blocks: Any) -> OptimizerState:
+        """Add ``blocks`` (augmented-core coordinates) to the lifted core state."""
+        return self
+
 
 @dataclasses.dataclass(frozen=True)
 class Momentum(OptimizerState):
@@ -177,6 +193,12 @@ class Momentum(OptimizerState):
     def core_direction(self, grad: Any) -> tuple[Any, Momentum]:
         direction, buffer = self._direction(self.core, grad)
         return direction, dataclasses.replace(self, core=buffer)
+
+    def basis_memory(self) -> tuple[Any, ...]:
+        return self.bases
+
+    def with_new_directions(self, blocks: Any) -> Momentum:
+        return dataclasses.replace(self, core=self.core + blocks)
 
     def basis_direction(self, mode: int, grad: Any) -> tuple[Any, Momentum]:
         direction, buffer = self._direction(self.bases[mode], grad)

@@ -17,6 +17,7 @@ from ._blocks import (
     check_step_inputs,
     lift,
     reparametrize,
+    single_new_blocks,
     truncate_step,
 )
 from .state import OptimizerState
@@ -106,6 +107,59 @@ def tdlrt_step(
         max_rank=max_rank,
         budget=budget,
     )
+    return _tdlrt_update(
+        core,
+        factors,
+        reparams,
+        grad,
+        lr,
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        budget=budget,
+        state=state,
+    )
+
+
+def tdlrt_update_unchecked(
+    core: Any,
+    factors: list[Any],
+    grad: Any,
+    lr: float,
+    *,
+    state: OptimizerState | None = None,
+    **rule: Any,
+):
+    """:func:`tdlrt_step` without input validation (the PyTorch optimizer's fast path:
+    its points are orthonormal by construction and its rule checked once)."""
+    with phase("augmentation"):
+        reparams = [
+            reparametrize(core, mode)
+            if state is not None or not _is_square(factor)
+            else None
+            for mode, factor in enumerate(factors)
+        ]
+    return _tdlrt_update(core, factors, reparams, grad, lr, state=state, **rule)
+
+
+def _tdlrt_update(
+    core,
+    factors,
+    reparams,
+    grad,
+    lr,
+    *,
+    rank,
+    tol,
+    relative,
+    min_rank,
+    max_rank,
+    budget,
+    state,
+):
+    """Steps 1-6 of :func:`tdlrt_step` on validated inputs."""
     state = state.begin_step() if state is not None else None
 
     # 1. the only passes over the dense gradient
@@ -113,14 +167,21 @@ def tdlrt_step(
         contractions = GradientContractions(grad, factors)
         contractions.check_finite("grad")
         k_grads = [
-            tl.dot(contractions.unfolded_partial(mode), q)  # dL/dK_i
-            for mode, (q, _) in enumerate(reparams)
+            None
+            if reparam is None  # full-rank mode without state: not needed
+            else tl.dot(contractions.unfolded_partial(mode), reparam[0])  # dL/dK_i
+            for mode, reparam in enumerate(reparams)
         ]
 
     # 2-3. K-steps and augmented bases, mode by mode
     with phase("augmentation"):
+        memory = None if state is None else state.basis_memory()
         bases, embeddings = [], []
         for mode, (factor, k_grad) in enumerate(zip(factors, k_grads, strict=True)):
+            if _is_square(factor):  # U_i spans everything: nothing to add
+                bases.append(factor)
+                embeddings.append(tl.dot(tl.transpose(factor), factor))
+                continue
             direction = k_grad
             if state is not None:
                 direction, state = state.basis_direction(mode, k_grad)
@@ -133,6 +194,10 @@ def tdlrt_step(
         lifted = lift(core, embeddings)
         if state is not None:
             state = state.lift(embeddings)
+            if memory is not None:  # velocity of the new directions: the K-state's
+                seeded = single_new_blocks(memory, bases, factors, embeddings, reparams)
+                if seeded is not None:
+                    state = state.with_new_directions(seeded)
 
     # 5. Galerkin step with the same gradient: the lifted point is Y0
     with phase("contractions"):
@@ -156,6 +221,11 @@ def tdlrt_step(
             budget=budget,
             state=state,
             old_factors=factors,
-            old_q=[q for q, _ in reparams],
+            old_q=None if state is None else [q for q, _ in reparams],
         )
     return result if state is None else (result, state)
+
+
+def _is_square(factor: Any) -> bool:
+    rows, cols = tl.shape(factor)
+    return rows == cols

@@ -1,4 +1,28 @@
-"""PyTorch adapter (Tucker layers, conversion, the TDLRT optimizer).
+"""PyTorch adapter: Tucker layers, model conversion, adapters, the TDLRT optimizer.
 
-Reserved: the only place in tuckerflow that imports torch.
+The only part of tuckerflow that imports torch. The mathematics lives in the core
+(:mod:`tuckerflow`), called here with TensorLy's pytorch backend.
 """
+
+from .adapters import add_tucker_adapters, merge_adapters, trainable_parameters
+from .checkpoint import load_checkpoint, save_checkpoint
+from .convert import CompressionReport, compression_report, tuckerize
+from .layers import TuckerConv1d, TuckerConv2d, TuckerConv3d, TuckerLayer, TuckerLinear
+from .optim import TDLRT
+
+__all__ = [
+    "TDLRT",
+    "CompressionReport",
+    "TuckerConv1d",
+    "TuckerConv2d",
+    "TuckerConv3d",
+    "TuckerLayer",
+    "TuckerLinear",
+    "add_tucker_adapters",
+    "compression_report",
+    "load_checkpoint",
+    "merge_adapters",
+    "save_checkpoint",
+    "trainable_parameters",
+    "tuckerize",
+]

@@ -1,0 +1,165 @@
+"""LoRA-style fine-tuning with Tucker adapters: ``W = W0 (frozen) + Tucker(dW)``.
+
+The update ``dW`` starts at zero (zero core, orthonormal bases) and is trained
+rank-adaptively with :class:`~tuckerflow.nn.TDLRT`, which needs no inverse of the core
+and therefore starts from the zero core without trouble. Convolution adapters keep the
+kernel's tensor structure (LoRA flattens it into a matrix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .convert import _matches, _parent
+from .layers import DENSE_TO_TUCKER, TuckerLayer
+
+__all__ = ["add_tucker_adapters", "merge_adapters", "trainable_parameters"]
+
+
+def add_tucker_adapters(
+    model: nn.Module,
+    target_modules: Iterable[Any],
+    *,
+    rank: Any = 4,
+    min_rank: Any = 1,
+    max_rank: Any = None,
+    adaptive_modes: Any = None,
+    implementation: str = "dense",
+    verbose: bool = True,
+) -> nn.Module:
+    """Wrap the targeted Linear/Conv modules as ``W0 + Tucker(dW)`` and freeze the rest.
+
+    Parameters
+    ----------
+    model : nn.Module
+    target_modules : iterable of str or type
+        Names (exact, glob, or dotted suffix such as ``"query"``) or types of the
+        modules to adapt; every other parameter is frozen.
+    rank : int or sequence, default 4
+        Initial adapter rank (an int applies to the adaptive modes).
+    min_rank, max_rank, adaptive_modes, implementation
+        Passed to the adapter layers.
+    verbose : bool
+        Print the trainable-parameter count (like PEFT).
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself, modified.
+    """
+    targets = tuple(target_modules)
+    if not targets:
+        raise ValueError("target_modules is empty")
+    matched = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module) in DENSE_TO_TUCKER and _matches(name, module, targets)
+    ]
+    if not matched:
+        kinds = sorted({type(m).__name__ for m in model.modules()})
+        raise ValueError(
+            f"target_modules {targets} match no Linear/Conv module (module types in "
+            f"the model: {kinds})"
+        )
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for name, module in matched:
+        cls = DENSE_TO_TUCKER[type(module)]
+        weight = module.weight.detach()
+        options = dict(
+            rank=rank,
+            min_rank=min_rank,
+            max_rank=max_rank,
+            adaptive_modes=adaptive_modes,
+            implementation=implementation,
+            device=weight.device,
+            dtype=weight.dtype,
+            offset=weight,
+            zero_core=True,
+        )
+        if isinstance(module, nn.Linear):
+            adapter = cls(
+                module.in_features,
+                module.out_features,
+                module.bias is not None,
+                **options,
+            )
+        else:
+            adapter = cls(
+                module.in_channels,
+                module.out_channels,
+                module.kernel_size,
+                stride=module.stride,
+                padding=module.padding,
+                dilation=module.dilation,
+                groups=module.groups,
+                bias=module.bias is not None,
+                padding_mode=module.padding_mode,
+                **options,
+            )
+        if module.bias is not None:
+            with torch.no_grad():
+                adapter.bias.copy_(module.bias)
+            adapter.bias.requires_grad_(False)
+        parent, child = _parent(model, name)
+        setattr(parent, child, adapter)
+    if verbose:
+        trainable, total = trainable_parameters(model)
+        print(
+            f"trainable params: {trainable:,} || all params: {total:,} || "
+            f"trainable%: {100 * trainable / total:.4f}"
+        )
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts (frozen adapter offsets excluded from
+    neither: they are buffers, not parameters)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def merge_adapters(model: nn.Module) -> nn.Module:
+    """Fold every adapter into a plain ``nn.Linear``/``nn.ConvNd`` with ``W0 + dW``."""
+    dense_of = {tucker: dense for dense, tucker in DENSE_TO_TUCKER.items()}
+    adapters = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, TuckerLayer) and module.offset is not None
+    ]
+    for name, adapter in adapters:
+        cls = dense_of[type(adapter)]
+        weight = adapter.weight.detach()
+        factory = {"device": weight.device, "dtype": weight.dtype}
+        if cls is nn.Linear:
+            merged = nn.Linear(
+                adapter.in_features,
+                adapter.out_features,
+                adapter.bias is not None,
+                **factory,
+            )
+        else:
+            merged = cls(
+                adapter.in_channels,
+                adapter.out_channels,
+                adapter.kernel_size,
+                stride=adapter.stride,
+                padding=adapter.padding,
+                dilation=adapter.dilation,
+                groups=adapter.groups,
+                bias=adapter.bias is not None,
+                padding_mode=adapter.padding_mode,
+                **factory,
+            )
+        with torch.no_grad():
+            merged.weight.copy_(weight)
+            if adapter.bias is not None:
+                merged.bias.copy_(adapter.bias)
+        parent, child = _parent(model, name)
+        setattr(parent, child, merged)
+    return model

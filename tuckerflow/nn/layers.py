@@ -1,0 +1,739 @@
+"""Linear and convolution layers whose weight is an orthonormal Tucker tensor.
+
+The weight ``W = C ×_i U_i`` is stored as parameters ``core`` and ``factors[i]`` (modes:
+output channels, input channels per group, then the kernel dimensions). Two forward
+implementations, chosen per layer:
+
+* ``"dense"``: rebuild ``W`` and run one ``F.linear``/``F.convNd``. The gradient of the
+  rebuilt weight is exactly the Euclidean gradient the TDLRT step needs.
+* ``"factorized"``: never form ``W``; a linear layer is two thin matmuls, a convolution
+  is a 1x1 convolution (input basis), a core convolution (core with the kernel factors
+  folded in) and a 1x1 convolution (output basis). Groups, stride, dilation and every
+  padding mode are supported.
+
+Ranks change during training: :meth:`TuckerLayer.set_tucker` swaps the data of the
+same ``Parameter`` objects, so optimizers and hooks keep working.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tensorly.tucker_tensor import TuckerTensor
+from torch import nn
+from torch.nn.modules.utils import _ntuple, _reverse_repeat_tuple
+
+import tuckerflow as tf
+
+__all__ = [
+    "TuckerLayer",
+    "TuckerLinear",
+    "TuckerConv1d",
+    "TuckerConv2d",
+    "TuckerConv3d",
+]
+
+IMPLEMENTATIONS = ("dense", "factorized")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _per_mode(value: Any, order: int, name: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * order
+    values = tuple(value)
+    if len(values) != order:
+        raise ValueError(f"{name} must have one entry per mode ({order}), got {values}")
+    for entry in values:
+        if isinstance(entry, bool) or not isinstance(entry, int):
+            raise TypeError(f"{name} entries must be ints, got {values}")
+    return values
+
+
+def _replace(parameter: nn.Parameter, value: torch.Tensor) -> None:
+    """Give ``parameter`` new values and possibly a new shape, keeping the object.
+
+    ``Tensor.set_`` (not ``.data =``): autograd caches a leaf's gradient accumulator
+    together with its shape, and a graph still alive from the previous iteration (the
+    old ``loss``) keeps that accumulator; after ``.data =`` with a new shape the next
+    backward fails on the stale shape, ``set_`` makes autograd use the new one.
+    """
+    with torch.no_grad():
+        parameter.set_(value.detach().clone().contiguous())
+    parameter.grad = None
+
+
+def reconstruct(core: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``core ×_i factors[i]`` with torch ops (differentiable)."""
+    weight = core
+    for mode, factor in enumerate(factors):
+        weight = torch.movedim(
+            torch.tensordot(factor, weight, dims=([1], [mode])), 0, mode
+        )
+    return weight
+
+
+class TuckerLayer(nn.Module):
+    """Base class: storage, ranks and bookkeeping of a Tucker-format weight.
+
+    Attributes
+    ----------
+    core : nn.Parameter
+    factors : nn.ParameterList
+        Orthonormal columns.
+    min_rank, max_rank : tuple of int
+        Per-mode bounds for rank-adaptive training; modes that do not adapt have
+        ``min_rank == max_rank == rank``.
+    adaptive_modes : tuple of int
+    implementation : {'dense', 'factorized'}
+    offset : tensor or None
+        Frozen weight added to the Tucker weight (adapters: ``W0 + Tucker(dW)``).
+    """
+
+    weight_shape: tuple[int, ...]
+
+    def _setup_tucker(
+        self,
+        weight_shape: tuple[int, ...],
+        *,
+        rank: Any,
+        min_rank: Any,
+        max_rank: Any,
+        adaptive_modes: Sequence[int] | None,
+        implementation: str,
+        init_weight: torch.Tensor | None,
+        device: Any,
+        dtype: Any,
+        default_adaptive: Sequence[int],
+        zero_core: bool = False,
+    ) -> None:
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS}, "
+                f"got {implementation!r}"
+            )
+        self.weight_shape = tuple(int(n) for n in weight_shape)
+        order = len(self.weight_shape)
+        if adaptive_modes is None:
+            adaptive_modes = default_adaptive
+        adaptive = tuple(sorted(set(int(m) for m in adaptive_modes)))
+        if any(not 0 <= m < order for m in adaptive):
+            raise ValueError(
+                f"adaptive_modes must lie in [0, {order}), got {tuple(adaptive_modes)}"
+            )
+        self.adaptive_modes = adaptive
+        self.implementation = implementation
+        self.gradient_source = "factors"  # TDLRT switches dense layers to "weight"
+        self._weight_for_grad: torch.Tensor | None = None
+        self._weight_grad: torch.Tensor | None = None
+
+        if rank is None:
+            rank = tuple(
+                max(1, n // 2) if m in adaptive else n
+                for m, n in enumerate(self.weight_shape)
+            )
+        with tf.use_backend("pytorch"):
+            if init_weight is None:
+                init_weight = torch.empty(self.weight_shape, device=device, dtype=dtype)
+                self._default_init(init_weight)
+            rank = self._complete_rank(rank, adaptive)
+            decomposition = tf.hosvd(init_weight.detach(), rank=rank)
+        core, factors = decomposition.core, decomposition.factors
+        if zero_core:
+            core = torch.zeros_like(core)
+        self.core = nn.Parameter(core.contiguous())
+        self.factors = nn.ParameterList([nn.Parameter(f.contiguous()) for f in factors])
+        self._set_bounds(min_rank, max_rank)
+        self._tag_parameters()
+
+    def _complete_rank(self, rank: Any, adaptive: Sequence[int]) -> tuple[int, ...]:
+        """An int rank applies to the adaptive modes; fixed modes keep their size."""
+        order = len(self.weight_shape)
+        if isinstance(rank, int) and not isinstance(rank, bool):
+            if rank < 1:
+                raise ValueError(f"rank must be >= 1, got {rank}")
+            rank = tuple(
+                min(rank, n) if m in adaptive else n
+                for m, n in enumerate(self.weight_shape)
+            )
+        rank = _per_mode(rank, order, "rank")
+        for mode, (r, n) in enumerate(zip(rank, self.weight_shape)):
+            if not 1 <= r <= n:
+                raise ValueError(
+                    f"rank[{mode}]={r} must lie in [1, {n}] (weight shape "
+                    f"{self.weight_shape})"
+                )
+        # a mode rank can never exceed the product of the others
+        rank = list(rank)
+        for mode in range(order):
+            others = math.prod(rank) // rank[mode]
+            rank[mode] = min(rank[mode], others)
+        return tuple(rank)
+
+    def _set_bounds(self, min_rank: Any, max_rank: Any) -> None:
+        order = len(self.weight_shape)
+        rank = self.rank
+        lows = _per_mode(min_rank, order, "min_rank") or (1,) * order
+        highs = _per_mode(max_rank, order, "max_rank") or self.weight_shape
+        bounded_low, bounded_high = [], []
+        for mode, (low, high, n, r) in enumerate(
+            zip(lows, highs, self.weight_shape, rank)
+        ):
+            if mode not in self.adaptive_modes:
+                bounded_low.append(r)
+                bounded_high.append(r)
+                continue
+            if low < 1 or high < 1:
+                raise ValueError(f"ranks must be >= 1, got min {low}, max {high}")
+            high = min(high, n)
+            low = min(low, high)
+            if low > high:
+                raise ValueError(
+                    f"min_rank {low} exceeds max_rank {high} in mode {mode}"
+                )
+            bounded_low.append(low)
+            bounded_high.append(high)
+        self.min_rank = tuple(bounded_low)
+        self.max_rank = tuple(bounded_high)
+
+    def _tag_parameters(self) -> None:
+        reference = weakref.ref(self)
+        self.core._tuckerflow_layer = reference
+        for factor in self.factors:
+            factor._tuckerflow_layer = reference
+
+    # ------------------------------------------------------------------ access
+    @property
+    def rank(self) -> tuple[int, ...]:
+        """Current Tucker rank."""
+        return tuple(self.core.shape)
+
+    def tucker(self) -> TuckerTensor:
+        """The weight as a (detached) TensorLy Tucker tensor."""
+        return TuckerTensor(
+            (self.core.detach(), [factor.detach() for factor in self.factors])
+        )
+
+    def set_tucker(self, tucker: Any) -> None:
+        """Replace the weight (ranks may change); the Parameter objects are kept."""
+        core, factors = tucker
+        if len(factors) != len(self.factors):
+            raise ValueError(
+                f"expected {len(self.factors)} factors, got {len(factors)}"
+            )
+        for mode, factor in enumerate(factors):
+            if factor.shape[0] != self.weight_shape[mode]:
+                raise ValueError(
+                    f"factor {mode} has {factor.shape[0]} rows, the layer's mode "
+                    f"{mode} has size {self.weight_shape[mode]}"
+                )
+        _replace(self.core, core)
+        for parameter, factor in zip(self.factors, factors):
+            _replace(parameter, factor)
+        self.clear_weight_gradient()
+
+    def parameter_count(self) -> int:
+        """Stored weight parameters ``prod(r) + sum(n_i r_i)`` (bias excluded)."""
+        return tf.parameter_count(self.weight_shape, self.rank)
+
+    def dense_parameter_count(self) -> int:
+        """Parameters of the dense weight this layer replaces."""
+        return math.prod(self.weight_shape)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight ``C ×_i U_i`` (plus the adapter offset, if any)."""
+        weight = reconstruct(self.core, list(self.factors))
+        offset = getattr(self, "offset", None)
+        return weight if offset is None else weight + offset
+
+    def weight_gradient(self) -> torch.Tensor | None:
+        """``dL/dW`` accumulated over the backward passes since the last
+        :meth:`clear_weight_gradient` (when ``gradient_source == "weight"``, which the
+        TDLRT optimizer sets): several forward/backward passes accumulate, like
+        ``.grad`` does for parameters."""
+        return self._weight_grad
+
+    def clear_weight_gradient(self) -> None:
+        self._weight_grad = None
+        self._weight_for_grad = None
+
+    def _accumulate_weight_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        if self._weight_grad is None or self._weight_grad.shape != grad.shape:
+            self._weight_grad = grad.detach().clone()
+        else:
+            self._weight_grad += grad.detach()
+        return grad
+
+    def _forward_weight(self) -> torch.Tensor:
+        """Dense weight for the forward pass.
+
+        With ``gradient_source == "weight"`` the Tucker factors are rebuilt without
+        autograd and the result becomes a leaf: the backward pass then computes only
+        ``dL/dW``, which the TDLRT step consumes (no wasted factor gradients).
+        """
+        if self.gradient_source == "weight" and torch.is_grad_enabled():
+            with torch.no_grad():
+                weight = reconstruct(self.core, list(self.factors))
+            weight.requires_grad_(True)
+            weight.register_hook(self._accumulate_weight_gradient)
+            self._weight_for_grad = weight
+        else:
+            weight = reconstruct(self.core, list(self.factors))
+        offset = getattr(self, "offset", None)
+        return weight if offset is None else weight + offset
+
+    def extra_repr(self) -> str:
+        return (
+            f"rank={self.rank}, adaptive_modes={self.adaptive_modes}, "
+            f"implementation={self.implementation!r}"
+        )
+
+    # ------------------------------------------------------------ checkpoints
+    def _load_from_state_dict(
+        self,
+        state_dict,
+        prefix,
+        local_metadata,
+        strict,
+        missing_keys,
+        unexpected_keys,
+        error_msgs,
+    ):
+        """Accept any ranks: resize ``core``/``factors`` to the stored shapes first."""
+        core_key = prefix + "core"
+        if core_key in state_dict:
+            stored = state_dict[core_key]
+            if stored.dim() != len(self.weight_shape):
+                raise ValueError(
+                    f"{prefix or 'layer '}: checkpoint core has {stored.dim()} modes "
+                    "but "
+                    f"this {type(self).__name__} has {len(self.weight_shape)} (weight "
+                    f"shape {self.weight_shape}): the checkpoint is from another "
+                    "architecture"
+                )
+            factor_shapes = []
+            for mode in range(len(self.weight_shape)):
+                key = f"{prefix}factors.{mode}"
+                if key not in state_dict:
+                    continue
+                rows, cols = state_dict[key].shape
+                if rows != self.weight_shape[mode] or cols != stored.shape[mode]:
+                    raise ValueError(
+                        f"{key}: checkpoint factor has shape {(rows, cols)} but this "
+                        f"layer's mode {mode} has size {self.weight_shape[mode]} (core "
+                        f"rank {stored.shape[mode]}): the checkpoint is from another "
+                        "architecture"
+                    )
+                factor_shapes.append((mode, (rows, cols)))
+            _replace(
+                self.core,
+                torch.empty(
+                    stored.shape, dtype=self.core.dtype, device=self.core.device
+                ),
+            )
+            for mode, shape in factor_shapes:
+                factor = self.factors[mode]
+                _replace(
+                    factor, torch.empty(shape, dtype=factor.dtype, device=factor.device)
+                )
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Rank bounds and options, saved in the ``state_dict`` next to the tensors."""
+        return {
+            "min_rank": self.min_rank,
+            "max_rank": self.max_rank,
+            "adaptive_modes": self.adaptive_modes,
+            "implementation": self.implementation,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.min_rank = tuple(state["min_rank"])
+        self.max_rank = tuple(state["max_rank"])
+        self.adaptive_modes = tuple(state["adaptive_modes"])
+        self.implementation = state["implementation"]
+
+
+class TuckerLinear(TuckerLayer):
+    """``y = x W^T + b`` with ``W = U_out C U_in^T`` (order-2 Tucker, i.e. a low-rank
+    matrix with an explicit core).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+    rank : int or (int, int), optional
+        Default: half of each dimension.
+    min_rank, max_rank : int or (int, int), optional
+    adaptive_modes : sequence of int, optional
+        Default ``(0, 1)``: both ranks adapt.
+    implementation : {'dense', 'factorized'}
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        rank: Any = None,
+        min_rank: Any = None,
+        max_rank: Any = None,
+        adaptive_modes: Sequence[int] | None = None,
+        implementation: str = "dense",
+        device: Any = None,
+        dtype: Any = None,
+        init_weight: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
+        zero_core: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        factory = {"device": device, "dtype": dtype}
+        self._setup_tucker(
+            (self.out_features, self.in_features),
+            rank=rank,
+            min_rank=min_rank,
+            max_rank=max_rank,
+            adaptive_modes=adaptive_modes,
+            implementation=implementation,
+            init_weight=init_weight,
+            default_adaptive=(0, 1),
+            zero_core=zero_core,
+            **factory,
+        )
+        if bias:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
+            self.bias = nn.Parameter(torch.empty(self.out_features, **factory))
+            nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
+        self.register_buffer(
+            "offset", None if offset is None else offset.detach().clone()
+        )
+
+    def _default_init(self, weight: torch.Tensor) -> None:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.implementation == "dense":
+            return F.linear(x, self._forward_weight(), self.bias)
+        out_basis, in_basis = self.factors[0], self.factors[1]
+        # W^T = U_in C^T U_out^T: two thin matmuls
+        hidden = x @ (in_basis @ self.core.t())
+        y = hidden @ out_basis.t()
+        if self.offset is not None:
+            y = y + F.linear(x, self.offset)
+        return y if self.bias is None else y + self.bias
+
+    @classmethod
+    def from_dense(
+        cls,
+        linear: nn.Linear,
+        rank: Any = None,
+        tol: float | None = None,
+        **options: Any,
+    ) -> TuckerLinear:
+        """Tucker layer initialised by the (truncated) HOSVD of ``linear.weight``."""
+        return _from_dense(cls, linear, rank, tol, options)
+
+
+class _TuckerConvNd(TuckerLayer):
+    """Shared implementation of :class:`TuckerConv1d`, ``2d`` and ``3d``."""
+
+    spatial_dims: int
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        rank: Any = None,
+        min_rank: Any = None,
+        max_rank: Any = None,
+        adaptive_modes: Sequence[int] | None = None,
+        implementation: str = "dense",
+        device: Any = None,
+        dtype: Any = None,
+        init_weight: torch.Tensor | None = None,
+        offset: torch.Tensor | None = None,
+        zero_core: bool = False,
+    ) -> None:
+        super().__init__()
+        ntuple = _ntuple(self.spatial_dims)
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must divide in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
+            )
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = ntuple(kernel_size)
+        self.stride = ntuple(stride)
+        self.dilation = ntuple(dilation)
+        self.groups = int(groups)
+        self.padding_mode = padding_mode
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(
+                    f"padding must be 'same', 'valid' or ints, got {padding!r}"
+                )
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(
+                    "padding='same' is not supported for strided convolutions"
+                )
+            self.padding = padding
+            self._reversed_padding_repeated_twice = [0, 0] * self.spatial_dims
+            if padding == "same":
+                for d, k, i in zip(
+                    self.dilation,
+                    self.kernel_size,
+                    range(self.spatial_dims - 1, -1, -1),
+                ):
+                    total = d * (k - 1)
+                    left = total // 2
+                    self._reversed_padding_repeated_twice[2 * i] = left
+                    self._reversed_padding_repeated_twice[2 * i + 1] = total - left
+        else:
+            self.padding = ntuple(padding)
+            self._reversed_padding_repeated_twice = _reverse_repeat_tuple(
+                self.padding, 2
+            )
+        factory = {"device": device, "dtype": dtype}
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._setup_tucker(
+            shape,
+            rank=rank,
+            min_rank=min_rank,
+            max_rank=max_rank,
+            adaptive_modes=adaptive_modes,
+            implementation=implementation,
+            init_weight=init_weight,
+            default_adaptive=(0, 1),
+            zero_core=zero_core,
+            **factory,
+        )
+        if bias:
+            fan_in = (in_channels // groups) * math.prod(self.kernel_size)
+            bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+            nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
+        self.register_buffer(
+            "offset", None if offset is None else offset.detach().clone()
+        )
+
+    def _default_init(self, weight: torch.Tensor) -> None:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+    def _conv(self, x, weight, bias, *, stride, padding, dilation, groups, pad=True):
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.spatial_dims - 1]
+        if pad and self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = _ntuple(self.spatial_dims)(0)
+        return conv(x, weight, bias, stride, padding, dilation, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.implementation == "dense":
+            return self._conv(
+                x,
+                self._forward_weight(),
+                self.bias,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                groups=self.groups,
+            )
+        return self._factorized_forward(x)
+
+    def _factorized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups, ones = self.groups, (1,) * self.spatial_dims
+        out_basis, in_basis = self.factors[0], self.factors[1]
+        # 1. input basis: a grouped 1x1 convolution with U_in^T in every group
+        in_weight = (
+            in_basis.t()
+            .repeat(groups, 1)
+            .reshape(groups * in_basis.shape[1], in_basis.shape[0], *ones)
+        )
+        hidden = self._conv(
+            x,
+            in_weight,
+            None,
+            stride=ones,
+            padding=0,
+            dilation=ones,
+            groups=groups,
+            pad=False,
+        )
+        # 2. the core with the kernel factors folded in, repeated for every group
+        kernel = self.core
+        for mode in range(2, 2 + self.spatial_dims):
+            factor = self.factors[mode]
+            kernel = torch.movedim(
+                torch.tensordot(factor, kernel, dims=([1], [mode])), 0, mode
+            )
+        kernel = kernel.repeat(groups, *([1] * (1 + self.spatial_dims)))
+        hidden = self._conv(
+            hidden,
+            kernel,
+            None,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=groups,
+        )
+        # 3. output basis: grouped 1x1 convolution, group g maps to its out channels
+        out_weight = out_basis.reshape(*out_basis.shape, *ones)
+        y = self._conv(
+            hidden,
+            out_weight,
+            self.bias,
+            stride=ones,
+            padding=0,
+            dilation=ones,
+            groups=groups,
+            pad=False,
+        )
+        if self.offset is not None:
+            y = y + self._conv(
+                x,
+                self.offset,
+                None,
+                stride=self.stride,
+                padding=self.padding,
+                dilation=self.dilation,
+                groups=self.groups,
+            )
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, "
+            f"groups={self.groups}, {super().extra_repr()}"
+        )
+
+    @classmethod
+    def from_dense(
+        cls, conv: nn.Module, rank: Any = None, tol: float | None = None, **options: Any
+    ):
+        """Tucker layer initialised by the (truncated) HOSVD of ``conv.weight``.
+
+        Parameters
+        ----------
+        conv : nn.Conv1d, nn.Conv2d or nn.Conv3d
+        rank : int or sequence of int, optional
+            Explicit initial rank (an int applies to the adaptive modes).
+        tol : float, optional
+            Relative truncation tolerance for the adaptive modes (fixed modes keep full
+            rank); the total relative error of the initial weight is at most ``tol``.
+        **options
+            ``min_rank``, ``max_rank``, ``adaptive_modes``, ``implementation``.
+        """
+        return _from_dense(cls, conv, rank, tol, options)
+
+
+class TuckerConv1d(_TuckerConvNd):
+    """Conv1d with a Tucker weight (modes: out, in/groups, kernel). Same signature as
+    :class:`torch.nn.Conv1d` plus the Tucker options of :class:`TuckerLinear`."""
+
+    spatial_dims = 1
+
+
+class TuckerConv2d(_TuckerConvNd):
+    """Conv2d with a Tucker weight (modes: out, in/groups, kh, kw). Same signature as
+    :class:`torch.nn.Conv2d` plus ``rank``, ``min_rank``, ``max_rank``,
+    ``adaptive_modes`` (default: the two channel modes) and ``implementation``."""
+
+    spatial_dims = 2
+
+
+class TuckerConv3d(_TuckerConvNd):
+    """Conv3d with a Tucker weight (modes: out, in/groups, kd, kh, kw)."""
+
+    spatial_dims = 3
+
+
+DENSE_TO_TUCKER = {
+    nn.Linear: TuckerLinear,
+    nn.Conv1d: TuckerConv1d,
+    nn.Conv2d: TuckerConv2d,
+    nn.Conv3d: TuckerConv3d,
+}
+
+
+def _from_dense(cls, module, rank, tol, options):
+    expected = next(dense for dense, tucker in DENSE_TO_TUCKER.items() if tucker is cls)
+    if not isinstance(module, expected):
+        raise TypeError(
+            f"{cls.__name__}.from_dense needs a {expected.__name__}, "
+            f"got {type(module).__name__}"
+        )
+    if rank is not None and tol is not None:
+        raise ValueError("give either rank or tol, not both")
+    weight = module.weight.detach()
+    adaptive = options.get("adaptive_modes")
+    adaptive = (0, 1) if adaptive is None else tuple(adaptive)
+    if tol is not None:
+        with tf.use_backend("pytorch"):
+            fixed = tuple(
+                weight.shape[m] if m not in adaptive else 1 for m in range(weight.dim())
+            )
+            tucker = tf.hosvd(weight, tol=tol, min_rank=fixed)
+        rank = tucker.rank
+    kwargs = dict(
+        rank=rank,
+        device=weight.device,
+        dtype=weight.dtype,
+        init_weight=weight,
+        **options,
+    )
+    if cls is TuckerLinear:
+        layer = cls(
+            module.in_features, module.out_features, module.bias is not None, **kwargs
+        )
+    else:
+        layer = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            **kwargs,
+        )
+    if module.bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(module.bias)
+    return layer
