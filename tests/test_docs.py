@@ -1,0 +1,51 @@
+"""Every Python code block of the documentation runs, so the docs cannot drift.
+
+Blocks of one page run in order in one namespace (later blocks may use earlier
+names). Shell blocks are not run here; the README's commands are what CI runs.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+PAGES = sorted(p for p in DOCS.glob("*.rst"))
+
+
+def python_blocks(text: str) -> list[str]:
+    blocks, lines, index = [], text.splitlines(), 0
+    while index < len(lines):
+        if re.match(r"\s*\.\. code-block:: python\s*$", lines[index]):
+            index += 1
+            body = []
+            while index < len(lines) and (
+                not lines[index].strip() or lines[index].startswith("   ")
+            ):
+                body.append(lines[index][3:])
+                index += 1
+            blocks.append("\n".join(body).strip("\n"))
+        else:
+            index += 1
+    return blocks
+
+
+def test_the_docs_have_examples():
+    counts = {page.name: len(python_blocks(page.read_text())) for page in PAGES}
+    assert counts["getting_started.rst"] >= 4 and counts["howto.rst"] >= 2
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_code_blocks_run(page, capsys):
+    pytest.importorskip("torch")
+    namespace: dict = {"__name__": "__docs__"}
+    for number, block in enumerate(python_blocks(page.read_text())):
+        try:
+            exec(compile(block, f"{page.name}[block {number}]", "exec"), namespace)
+        except Exception as error:  # name the block that failed
+            raise AssertionError(
+                f"{page.name}, block {number} failed:\n{block}"
+            ) from error
+    capsys.readouterr()
