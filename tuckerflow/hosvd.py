@@ -15,6 +15,7 @@ asks. A per-mode threshold of ``theta`` itself would let the error reach
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
@@ -253,6 +254,31 @@ def core_singular_vectors(
     return bases, spectra
 
 
+@dataclasses.dataclass
+class CoreDecomposition:
+    """Singular vectors and values of a core's unfoldings (None for pinned modes)."""
+
+    bases: list[Any]
+    spectra: list[Any]
+    norm: float
+
+
+def decompose_core(
+    core: Any,
+    factors: Sequence[Any],
+    *,
+    rank: RankSpec = None,
+    min_rank: RankSpec = 1,
+    max_rank: RankSpec = None,
+) -> CoreDecomposition:
+    """The SVDs :func:`truncate_core` needs, computed once (e.g. to pick ranks across
+    several tensors before truncating each)."""
+    dims, shape = tl.shape(core), tucker_shape(factors)
+    pinned = pinned_modes(dims, shape, rank=rank, min_rank=min_rank, max_rank=max_rank)
+    bases, spectra = core_singular_vectors(core, skip=pinned)
+    return CoreDecomposition(list(bases), list(spectra), to_float(tl.norm(core)))
+
+
 def truncate_core(
     core: Any,
     factors: Sequence[Any],
@@ -263,6 +289,7 @@ def truncate_core(
     min_rank: RankSpec = 1,
     max_rank: RankSpec = None,
     budget: int | None = None,
+    decomposition: CoreDecomposition | None = None,
 ) -> tuple[TuckerTensor, list[Any], list[Any]]:
     """Unchecked truncation through the HOSVD of the core.
 
@@ -283,8 +310,11 @@ def truncate_core(
     """
     dims = tl.shape(core)
     shape = tucker_shape(factors)
-    pinned = pinned_modes(dims, shape, rank=rank, min_rank=min_rank, max_rank=max_rank)
-    bases, spectra = core_singular_vectors(core, skip=pinned)
+    if decomposition is None:
+        decomposition = decompose_core(
+            core, factors, rank=rank, min_rank=min_rank, max_rank=max_rank
+        )
+    bases, spectra = decomposition.bases, decomposition.spectra
     ranks = select_ranks(
         spectra,
         dims,
@@ -295,12 +325,16 @@ def truncate_core(
         min_rank=min_rank,
         max_rank=max_rank,
         budget=budget,
-        norm=to_float(tl.norm(core)) if any(pinned) else None,
+        norm=decomposition.norm,
     )
     new_core = core
     new_factors, changes = [], []
     for mode, (factor, basis, r) in enumerate(zip(factors, bases, ranks)):
         if basis is None:  # pinned: nothing to truncate or rotate in this mode
+            if r != dims[mode]:
+                raise ValueError(
+                    f"mode {mode} was decomposed as pinned but is asked for rank {r}"
+                )
             new_factors.append(factor)
             changes.append(tl.eye(r, **plain_context(core)))
             continue

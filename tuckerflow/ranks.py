@@ -13,7 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["parameter_count", "ranks_from_tolerance", "ranks_from_budget"]
+__all__ = [
+    "parameter_count",
+    "ranks_from_tolerance",
+    "ranks_from_budget",
+    "ranks_from_global_budget",
+]
 
 
 def parameter_count(shape: Sequence[int], rank: Sequence[int]) -> int:
@@ -231,3 +236,157 @@ def _saving(shape: Sequence[int], ranks: Sequence[int], mode: int) -> int:
     smaller = list(ranks)
     smaller[mode] -= 1
     return parameter_count(shape, ranks) - parameter_count(shape, smaller)
+
+
+GLOBAL_CRITERIA = ("tolerance", "energy", "energy_per_parameter")
+
+
+def ranks_from_global_budget(
+    problems: Sequence[dict],
+    budget: int,
+    *,
+    criterion: str = "tolerance",
+) -> list[tuple[int, ...]]:
+    """Ranks for several Tucker tensors sharing one parameter budget.
+
+    Every tensor ``k`` is described by a dict with ``spectra`` (per mode, decreasing;
+    ``None`` for a mode pinned to its size), ``shape``, ``min_rank``, ``max_rank`` and
+    ``norm`` (its Frobenius norm). Singular values are compared relative to each
+    tensor's norm, so a layer's scale does not decide its share.
+
+    Criteria:
+
+    * ``"tolerance"`` (default): the smallest common relative tolerance ``tau`` such
+      that truncating every tensor to ``tau`` (the rule of :func:`tuckerflow.hosvd`)
+      fits the budget, found by bisection. Every layer ends with about the same
+      relative error (the budget may be a little under-used).
+    * ``"energy"``: drop the direction of least relative energy ``sigma^2/||W_k||^2``
+      over all tensors and modes until the count fits, then add back.
+    * ``"energy_per_parameter"``: the same, ordered by relative energy per parameter
+      saved (this minimises the sum of relative errors).
+
+    The greedy energy orders sacrifice large layers with flat spectra: on LeNet-5 at
+    95% compression from a random start both cut the 800 x 500 layer to rank 1, while
+    ``"tolerance"`` shares the budget. Deterministic (ties: lower tensor index, then
+    lower mode).
+
+    Parameters
+    ----------
+    problems : sequence of dict
+    budget : int
+    criterion : {'tolerance', 'energy', 'energy_per_parameter'}
+
+    Returns
+    -------
+    list of tuple of int
+
+    Raises
+    ------
+    ValueError
+        If the minimum ranks of all tensors together exceed the budget.
+    """
+    if criterion not in GLOBAL_CRITERIA:
+        raise ValueError(
+            f"criterion must be one of {GLOBAL_CRITERIA}, got {criterion!r}"
+        )
+    shapes = [tuple(p["shape"]) for p in problems]
+    lows = [tuple(p["min_rank"]) for p in problems]
+    highs = [tuple(p["max_rank"]) for p in problems]
+    smallest = sum(parameter_count(s, low) for s, low in zip(shapes, lows))
+    if budget < smallest:
+        raise ValueError(
+            f"budget={budget} is smaller than {smallest}, the parameter count of all "
+            "Tucker layers at their minimum ranks"
+        )
+    energies = []
+    for problem, high in zip(problems, highs):
+        scale = max(float(problem["norm"]) ** 2, 1e-300)
+        per_mode = []
+        for spectrum, size in zip(problem["spectra"], high):
+            values = np.zeros(size)
+            if spectrum is not None:
+                s = np.asarray(spectrum, dtype=np.float64)[:size] ** 2 / scale
+                values[: len(s)] = s
+            per_mode.append(values)
+        energies.append(per_mode)
+
+    def total(ranks) -> int:
+        return sum(parameter_count(s, r) for s, r in zip(shapes, ranks))
+
+    if criterion == "tolerance":
+        # no energy refill: it would hand the slack to the layers with the largest
+        # relative energies per direction and undo the common tolerance
+        ranks = _common_tolerance(problems, energies, shapes, lows, highs, budget)
+        return [tuple(r) for r in ranks]
+    else:
+        ranks = [list(high) for high in highs]
+        current = total(ranks)
+        while current > budget:
+            best, best_key = None, None
+            for k in range(len(problems)):
+                for mode in range(len(shapes[k])):
+                    if ranks[k][mode] <= lows[k][mode]:
+                        continue
+                    lost = energies[k][mode][ranks[k][mode] - 1]
+                    if criterion == "energy_per_parameter":
+                        lost = lost / max(_saving(shapes[k], ranks[k], mode), 1)
+                    key = (lost, k, mode)
+                    if best_key is None or key < best_key:
+                        best, best_key = (k, mode), key
+            k, mode = best
+            current -= _saving(shapes[k], ranks[k], mode)
+            ranks[k][mode] -= 1
+    # refill: the most energetic next directions that still fit
+    current = total(ranks)
+    while True:
+        best, best_key = None, None
+        for k in range(len(problems)):
+            for mode in range(len(shapes[k])):
+                if ranks[k][mode] >= highs[k][mode]:
+                    continue
+                grown = parameter_count(shapes[k], _bumped(ranks[k], mode))
+                if current - parameter_count(shapes[k], ranks[k]) + grown > budget:
+                    continue
+                key = (-energies[k][mode][ranks[k][mode]], k, mode)
+                if best_key is None or key < best_key:
+                    best, best_key = (k, mode), key
+        if best is None:
+            break
+        k, mode = best
+        grown = parameter_count(shapes[k], _bumped(ranks[k], mode))
+        current += grown - parameter_count(shapes[k], ranks[k])
+        ranks[k][mode] += 1
+    return [tuple(r) for r in ranks]
+
+
+def _common_tolerance(problems, energies, shapes, lows, highs, budget):
+    """Smallest common relative tolerance whose truncations fit the budget."""
+
+    def ranks_at(tau: float) -> list[list[int]]:
+        out = []
+        for k, problem in enumerate(problems):
+            free = sum(1 for s in problem["spectra"] if s is not None) or 1
+            spectra = [np.sqrt(e) for e in energies[k]]  # relative singular values
+            ranks = ranks_from_tolerance(
+                spectra, tau / math.sqrt(free), lows[k], highs[k]
+            )
+            out.append(list(ranks))
+        return out
+
+    def count(ranks) -> int:
+        return sum(parameter_count(s, r) for s, r in zip(shapes, ranks))
+
+    if count(ranks_at(0.0)) <= budget:
+        return ranks_at(0.0)
+    # at tau = sqrt(#free modes) every mode may discard everything: minimum ranks
+    widest = max(sum(1 for s in p["spectra"] if s is not None) for p in problems)
+    low, high = 0.0, math.sqrt(max(widest, 1)) * (1 + 1e-9)
+    if count(ranks_at(high)) > budget:  # spectra inconsistent with the norms
+        return [list(r) for r in lows]
+    for _ in range(50):
+        middle = 0.5 * (low + high)
+        if count(ranks_at(middle)) <= budget:
+            high = middle
+        else:
+            low = middle
+    return ranks_at(high)

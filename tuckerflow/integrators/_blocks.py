@@ -3,6 +3,7 @@ and the final truncation that also carries optimizer state into the new bases.""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,13 @@ from tensorly.tucker_tensor import TuckerTensor
 
 from .._checks import check_dense, check_positive, check_tucker, tucker_shape
 from ..backend import plain_context
-from ..hosvd import RankSpec, check_rank_rule, truncate_core
+from ..hosvd import (
+    RankSpec,
+    check_rank_rule,
+    decompose_core,
+    select_ranks,
+    truncate_core,
+)
 from ..linalg import thin_qr
 from .state import OptimizerState, k_coordinate_change
 
@@ -166,6 +173,89 @@ def _selector(basis: Any, start: int) -> Any:
     return tl.eye(total, **plain_context(basis))[:, start:]
 
 
+@dataclasses.dataclass
+class AugmentedStep:
+    """A step up to its truncation: the core ``Chat1`` in the bases ``Uhat``.
+
+    Split from the truncation so that ranks can be decided elsewhere: jointly for many
+    tensors (a parameter budget for a whole network) or by one process for all
+    (data-parallel training). :meth:`finish` truncates and returns what the step
+    function returns.
+    """
+
+    core: Any
+    bases: list[Any]
+    state: OptimizerState | None
+    old_factors: list[Any]
+    old_q: list[Any] | None
+    _decomposition: Any = None
+    _decomposed_for: Any = None
+
+    def decompose(self, min_rank: RankSpec = 1, max_rank: RankSpec = None):
+        """SVDs of the core unfoldings (modes pinned by the bounds skipped), cached."""
+        key = (min_rank, max_rank)
+        if self._decomposition is None or self._decomposed_for != key:
+            self._decomposition = decompose_core(
+                self.core, self.bases, min_rank=min_rank, max_rank=max_rank
+            )
+            self._decomposed_for = key
+        return self._decomposition
+
+    def shape(self) -> tuple[int, ...]:
+        return tucker_shape(self.bases)
+
+    def select(
+        self,
+        *,
+        tol: float | None = None,
+        relative: bool = True,
+        min_rank: RankSpec = 1,
+        max_rank: RankSpec = None,
+        budget: int | None = None,
+    ) -> tuple[int, ...]:
+        """The ranks the truncation rule picks (no truncation yet)."""
+        decomposition = self.decompose(min_rank, max_rank)
+        return select_ranks(
+            decomposition.spectra,
+            tl.shape(self.core),
+            self.shape(),
+            rank=None,
+            tol=tol,
+            relative=relative,
+            min_rank=min_rank,
+            max_rank=max_rank,
+            budget=budget,
+            norm=decomposition.norm,
+        )
+
+    def finish(
+        self,
+        *,
+        rank: RankSpec = None,
+        tol: float | None = None,
+        relative: bool = True,
+        min_rank: RankSpec = 1,
+        max_rank: RankSpec = None,
+        budget: int | None = None,
+    ):
+        """Truncate; returns the new point, with the state when there is one."""
+        result, state = truncate_step(
+            self.core,
+            self.bases,
+            rank=rank,
+            tol=tol,
+            relative=relative,
+            min_rank=min_rank,
+            max_rank=max_rank,
+            budget=budget,
+            state=self.state,
+            old_factors=self.old_factors,
+            old_q=self.old_q,
+            decomposition=self.decompose(min_rank, max_rank),
+        )
+        return result if state is None else (result, state)
+
+
 def truncate_step(
     augmented_core: Any,
     bases: Sequence[Any],
@@ -179,6 +269,7 @@ def truncate_step(
     state: OptimizerState | None,
     old_factors: Sequence[Any],
     old_q: Sequence[Any] | None,
+    decomposition: Any = None,
 ) -> tuple[TuckerTensor, OptimizerState | None]:
     """Truncate the augmented core; move the optimizer state into the new bases."""
     result, _, changes = truncate_core(
@@ -190,6 +281,7 @@ def truncate_step(
         min_rank=min_rank,
         max_rank=max_rank,
         budget=budget,
+        decomposition=decomposition,
     )
     if state is None:
         return result, None

@@ -18,6 +18,7 @@ from ..hosvd import RankSpec
 from ..linalg import augment_basis, orthonormal_basis
 from ..profiling import phase
 from ._blocks import (
+    AugmentedStep,
     augmented_dims,
     check_gradient,
     check_rule,
@@ -26,7 +27,6 @@ from ._blocks import (
     lift,
     reparametrize,
     single_new_blocks,
-    truncate_step,
 )
 from .state import OptimizerState
 
@@ -238,23 +238,19 @@ def _check_parallel_rule(
     )
 
 
-def _parallel_update(
-    core,
-    factors,
-    reparams,
-    core_grad,
-    k_grads,
-    lr,
-    *,
-    rank,
-    tol,
-    relative,
-    min_rank,
-    max_rank,
-    budget,
-    state,
-):
+def _parallel_update(core, factors, reparams, core_grad, k_grads, lr, *, state, **rule):
     """The parallel BUG update itself, from validated projected gradients."""
+    augmented = _parallel_augment(
+        core, factors, reparams, core_grad, k_grads, lr, state=state
+    )
+    with phase("truncation"):
+        return augmented.finish(**rule)
+
+
+def _parallel_augment(
+    core, factors, reparams, core_grad, k_grads, lr, *, state
+) -> AugmentedStep:
+    """Parallel BUG up to the truncation."""
     state = state.begin_step() if state is not None else None
     with phase("core step"):
         direction = core_grad
@@ -289,21 +285,13 @@ def _parallel_update(
         if state is not None:
             state = state.lift(embeddings)
 
-    with phase("truncation"):
-        result, state = truncate_step(
-            augmented,
-            bases,
-            rank=rank,
-            tol=tol,
-            relative=relative,
-            min_rank=min_rank,
-            max_rank=max_rank,
-            budget=budget,
-            state=state,
-            old_factors=factors,
-            old_q=None if state is None else [q for q, _ in reparams],
-        )
-    return result if state is None else (result, state)
+    return AugmentedStep(
+        augmented,
+        bases,
+        state,
+        list(factors),
+        None if state is None else [q for q, _ in reparams],
+    )
 
 
 def _needed_reparams(core: Any, factors: Sequence[Any], with_state: bool) -> list[Any]:
@@ -335,7 +323,7 @@ def _k_gradients(core, factors, factor_grads, reparams, rcond):
     return k_grads
 
 
-def parallel_update_from_factor_gradients(
+def parallel_augment_from_factor_gradients(
     core: Any,
     factors: Sequence[Any],
     core_grad: Any,
@@ -344,9 +332,9 @@ def parallel_update_from_factor_gradients(
     *,
     rcond: float | None = None,
     state: OptimizerState | None = None,
-    **rule: Any,
-):
-    """Unchecked parallel BUG update from ``dL/dC`` and ``dL/dU_i`` (one backward pass).
+) -> AugmentedStep:
+    """Unchecked parallel BUG step up to its truncation, from ``dL/dC`` and ``dL/dU_i``
+    (one backward pass).
 
     The fast path of the PyTorch optimizer for factorized layers: it trusts its inputs
     (orthonormal factors, finite gradients, a validated rule) and shares the QR
@@ -355,8 +343,32 @@ def parallel_update_from_factor_gradients(
     """
     reparams = _needed_reparams(core, factors, state is not None)
     k_grads = _k_gradients(core, factors, factor_grads, reparams, rcond)
-    return _parallel_update(
-        core, factors, reparams, core_grad, k_grads, lr, state=state, **rule
+    return _parallel_augment(
+        core, factors, reparams, core_grad, k_grads, lr, state=state
+    )
+
+
+def parallel_augment_unchecked(
+    core: Any,
+    factors: Sequence[Any],
+    grad: Any,
+    lr: float,
+    *,
+    state: OptimizerState | None = None,
+) -> AugmentedStep:
+    """:func:`parallel_bug_step` up to the truncation, from a dense gradient, without
+    input validation (the PyTorch optimizer's path for dense layers)."""
+    reparams = _needed_reparams(core, factors, state is not None)
+    contractions = GradientContractions(grad, factors)
+    contractions.check_finite("grad")
+    k_grads = [
+        None
+        if reparam is None
+        else tl.dot(contractions.unfolded_partial(mode), reparam[0])
+        for mode, reparam in enumerate(reparams)
+    ]
+    return _parallel_augment(
+        core, factors, reparams, contractions.core_gradient(), k_grads, lr, state=state
     )
 
 

@@ -12,13 +12,13 @@ from ..hosvd import RankSpec
 from ..linalg import augment_basis
 from ..profiling import phase
 from ._blocks import (
+    AugmentedStep,
     augmented_dims,
     check_rule,
     check_step_inputs,
     lift,
     reparametrize,
     single_new_blocks,
-    truncate_step,
 )
 from .state import OptimizerState
 
@@ -123,17 +123,17 @@ def tdlrt_step(
     )
 
 
-def tdlrt_update_unchecked(
+def tdlrt_augment_unchecked(
     core: Any,
     factors: list[Any],
     grad: Any,
     lr: float,
     *,
     state: OptimizerState | None = None,
-    **rule: Any,
-):
-    """:func:`tdlrt_step` without input validation (the PyTorch optimizer's fast path:
-    its points are orthonormal by construction and its rule checked once)."""
+) -> AugmentedStep:
+    """Steps 1-5 of :func:`tdlrt_step` without input validation; truncate with
+    :meth:`AugmentedStep.finish`. The PyTorch optimizer's fast path: its points are
+    orthonormal by construction and its rule is checked once."""
     with phase("augmentation"):
         reparams = [
             reparametrize(core, mode)
@@ -141,25 +141,19 @@ def tdlrt_update_unchecked(
             else None
             for mode, factor in enumerate(factors)
         ]
-    return _tdlrt_update(core, factors, reparams, grad, lr, state=state, **rule)
+    return _tdlrt_augment(core, factors, reparams, grad, lr, state=state)
 
 
-def _tdlrt_update(
-    core,
-    factors,
-    reparams,
-    grad,
-    lr,
-    *,
-    rank,
-    tol,
-    relative,
-    min_rank,
-    max_rank,
-    budget,
-    state,
-):
+def _tdlrt_update(core, factors, reparams, grad, lr, *, state, **rule):
     """Steps 1-6 of :func:`tdlrt_step` on validated inputs."""
+    augmented = _tdlrt_augment(core, factors, reparams, grad, lr, state=state)
+    # 6. truncate the small augmented core
+    with phase("truncation"):
+        return augmented.finish(**rule)
+
+
+def _tdlrt_augment(core, factors, reparams, grad, lr, *, state) -> AugmentedStep:
+    """Steps 1-5 of :func:`tdlrt_step`: the augmented core, before truncation."""
     state = state.begin_step() if state is not None else None
 
     # 1. the only passes over the dense gradient
@@ -208,22 +202,13 @@ def _tdlrt_update(
             direction, state = state.core_direction(core_grad)
         augmented = lifted - lr * direction
 
-    # 6. truncate the small augmented core
-    with phase("truncation"):
-        result, state = truncate_step(
-            augmented,
-            bases,
-            rank=rank,
-            tol=tol,
-            relative=relative,
-            min_rank=min_rank,
-            max_rank=max_rank,
-            budget=budget,
-            state=state,
-            old_factors=factors,
-            old_q=None if state is None else [q for q, _ in reparams],
-        )
-    return result if state is None else (result, state)
+    return AugmentedStep(
+        augmented,
+        bases,
+        state,
+        list(factors),
+        None if state is None else [q for q, _ in reparams],
+    )
 
 
 def _is_square(factor: Any) -> bool:

@@ -7,6 +7,7 @@ The only part of tuckerflow that imports torch. The mathematics lives in the cor
 from .adapters import add_tucker_adapters, merge_adapters, trainable_parameters
 from .checkpoint import load_checkpoint, save_checkpoint
 from .convert import CompressionReport, compression_report, tuckerize
+from .distributed import prepare_ddp
 from .layers import TuckerConv1d, TuckerConv2d, TuckerConv3d, TuckerLayer, TuckerLinear
 from .optim import TDLRT
 
@@ -22,6 +23,7 @@ __all__ = [
     "compression_report",
     "load_checkpoint",
     "merge_adapters",
+    "prepare_ddp",
     "save_checkpoint",
     "trainable_parameters",
     "tuckerize",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -49,6 +50,8 @@ def tuckerize(
     min_rank: Any = None,
     max_rank: Any = None,
     adaptive_modes: Any = None,
+    budget: int | None = None,
+    budget_criterion: str = "tolerance",
 ) -> nn.Module:
     """Replace ``nn.Linear`` and ``nn.Conv1d/2d/3d`` modules by Tucker layers, in place.
 
@@ -71,6 +74,12 @@ def tuckerize(
     implementation : {'dense', 'factorized'}
     min_rank, max_rank, adaptive_modes
         Passed to every new layer.
+    budget : int, optional
+        Total parameter count of all new Tucker weights: the initial ranks of all
+        layers are allocated jointly from the HOSVD spectra of their weights
+        (:func:`tuckerflow.ranks.ranks_from_global_budget`).
+    budget_criterion : {'tolerance', 'energy', 'energy_per_parameter'}
+        How the budget is shared (default: a common relative tolerance).
 
     Returns
     -------
@@ -104,22 +113,67 @@ def tuckerize(
     ]
     if not targets:
         warnings.warn("tuckerize: no Linear or Conv module to convert", stacklevel=2)
+    if budget is not None and (rank is not None or tol is not None):
+        raise ValueError("give one of rank, tol and budget")
     options = {
         "min_rank": min_rank,
         "max_rank": max_rank,
         "adaptive_modes": adaptive_modes,
         "implementation": implementation,
     }
-    for name, module in targets:
-        source = module
-        if init == "random":
-            source = _fresh_copy(module)
+    sources = [
+        (name, module, _fresh_copy(module) if init == "random" else module)
+        for name, module in targets
+    ]
+    ranks = [rank] * len(sources)
+    if budget is not None:
+        ranks = _budget_ranks(sources, budget, options, budget_criterion)
+    for (name, module, source), layer_rank in zip(sources, ranks):
         layer = DENSE_TO_TUCKER[type(module)].from_dense(
-            source, rank=rank, tol=tol, **options
+            source, rank=layer_rank, tol=tol, **options
         )
         parent, child = _parent(model, name)
         setattr(parent, child, layer)
     return model
+
+
+def _budget_ranks(
+    sources, budget: int, options: dict, criterion: str
+) -> list[tuple[int, ...]]:
+    """Initial ranks of all layers from one budget, on the HOSVD spectra."""
+    import tuckerflow as tf
+    from tuckerflow.hosvd import core_singular_vectors
+    from tuckerflow.ranks import ranks_from_global_budget
+
+    adaptive = options["adaptive_modes"]
+    adaptive = (0, 1) if adaptive is None else tuple(adaptive)
+    floor = options["min_rank"] or 1
+    problems = []
+    for _, _, source in sources:
+        weight = source.weight.detach()
+        shape = tuple(weight.shape)
+        floors = (floor,) * len(shape) if isinstance(floor, int) else tuple(floor)
+        high = tuple(
+            min(n, math.prod(shape) // n) if m in adaptive else n
+            for m, n in enumerate(shape)
+        )
+        low = tuple(
+            min(f, h) if m in adaptive else n
+            for m, (n, f, h) in enumerate(zip(shape, floors, high))
+        )
+        pinned = [m not in adaptive for m in range(len(shape))]
+        with tf.use_backend("pytorch"):
+            _, spectra = core_singular_vectors(weight, skip=pinned)
+        problems.append(
+            {
+                "spectra": [None if s is None else s.cpu().numpy() for s in spectra],
+                "shape": shape,
+                "min_rank": low,
+                "max_rank": high,
+                "norm": float(weight.norm()),
+            }
+        )
+    return ranks_from_global_budget(problems, budget, criterion=criterion)
 
 
 def _fresh_copy(module: nn.Module) -> nn.Module:

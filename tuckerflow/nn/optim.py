@@ -33,10 +33,20 @@ import torch
 from torch import nn
 
 import tuckerflow as tf
-from tuckerflow._checks import check_tol
+from tuckerflow._checks import available_ranks, check_tol
 from tuckerflow.integrators import Adam, Momentum
-from tuckerflow.integrators.bug import parallel_update_from_factor_gradients
-from tuckerflow.integrators.tdlrt import tdlrt_update_unchecked
+from tuckerflow.integrators._blocks import AugmentedStep
+from tuckerflow.integrators.bug import (
+    parallel_augment_from_factor_gradients,
+    parallel_augment_unchecked,
+)
+from tuckerflow.integrators.tdlrt import tdlrt_augment_unchecked
+from tuckerflow.profiling import phase
+from tuckerflow.ranks import (
+    GLOBAL_CRITERIA,
+    parameter_count,
+    ranks_from_global_budget,
+)
 
 from .layers import TuckerLayer, reconstruct
 
@@ -79,6 +89,12 @@ class TDLRT(torch.optim.Optimizer):
     tol : float, default 0.1
         Truncation tolerance of every TDLRT step (relative: the new weight is within
         ``tol * ||W||`` of the untruncated step, total over all modes).
+    budget : int, optional
+        Instead of ``tol``: the total parameter count of all Tucker layers after every
+        step; the ranks of all layers are allocated jointly
+        (:func:`tuckerflow.ranks.ranks_from_global_budget`).
+    budget_criterion : {'tolerance', 'energy', 'energy_per_parameter'}
+        How the budget is shared (default: a common relative tolerance).
     relative : bool, default True
     momentum : float, default 0
         Heavy-ball momentum for all parameters (Tucker: on the K and core updates,
@@ -91,6 +107,10 @@ class TDLRT(torch.optim.Optimizer):
     method : {'auto', 'tdlrt', 'parallel', 'vanilla'}
     rcond : float, optional
         Cut-off of the factorized K-gradient solve (default ``sqrt(eps)``).
+    distributed : bool, optional
+        Average the Tucker gradients over a ``torch.distributed`` process group and
+        keep all workers identical (default: when a group of several workers is
+        initialized); see :mod:`tuckerflow.nn.distributed`.
 
     Examples
     --------
@@ -108,7 +128,9 @@ class TDLRT(torch.optim.Optimizer):
         params: Iterable[Any] | nn.Module,
         lr: float,
         *,
-        tol: float = 0.1,
+        tol: float | None = None,
+        budget: int | None = None,
+        budget_criterion: str = "tolerance",
         relative: bool = True,
         momentum: float = 0.0,
         nesterov: bool = False,
@@ -118,9 +140,26 @@ class TDLRT(torch.optim.Optimizer):
         eps: float = 1e-8,
         method: str = "auto",
         rcond: float | None = None,
+        distributed: bool | None = None,
     ) -> None:
         if isinstance(params, nn.Module):
             params = params.parameters()
+        if tol is not None and budget is not None:
+            raise ValueError(
+                "give tol (per-layer accuracy) or budget (global size), not both"
+            )
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
+            raise ValueError(f"budget must be a positive int, got {budget!r}")
+        if budget_criterion not in GLOBAL_CRITERIA:
+            raise ValueError(
+                f"budget_criterion must be one of {GLOBAL_CRITERIA}, "
+                f"got {budget_criterion!r}"
+            )
+        self.budget = budget
+        self.budget_criterion = budget_criterion
+        tol = 0.1 if tol is None else tol
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be finite and > 0, got {lr!r}")
         check_tol(tol, relative)
@@ -146,6 +185,29 @@ class TDLRT(torch.optim.Optimizer):
             rcond=rcond,
         )
         super().__init__(params, defaults)
+        if budget is not None:
+            self._check_budget()
+        self._distributed = (
+            _distributed_default() if distributed is None else distributed
+        )
+        if self._distributed:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ValueError("distributed=True needs an initialized process group")
+            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+            self._sync_initial_weights()
+
+    def _check_budget(self) -> None:
+        layers = self._all_tucker_layers()
+        smallest = sum(
+            parameter_count(layer.weight_shape, layer.min_rank) for layer in layers
+        )
+        if self.budget < smallest:
+            raise ValueError(
+                f"budget={self.budget} is smaller than {smallest}, the parameter count "
+                "of the Tucker layers at their min_rank"
+            )
 
     # --------------------------------------------------------------- set-up
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -181,9 +243,9 @@ class TDLRT(torch.optim.Optimizer):
                 layer.gradient_source = "factors"
 
     @staticmethod
-    def _method(group: dict[str, Any], layer: TuckerLayer) -> str:
+    def _method(group: dict[str, Any], layer: TuckerLayer | None) -> str:
         method = group["method"]
-        if method == "auto":
+        if method == "auto" and layer is not None:
             return "tdlrt" if layer.implementation == "dense" else "parallel"
         return method
 
@@ -215,7 +277,11 @@ class TDLRT(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plans = self._collect()
+        if self._distributed:
+            self._average_tucker_gradients(plans)
         problem = self._non_finite(loss, plans)
+        if self._distributed:
+            problem = self._agree_on_skipping(problem)
         if problem is not None:
             warnings.warn(
                 f"TDLRT: {problem}; the step was skipped and weights and optimizer "
@@ -224,11 +290,19 @@ class TDLRT(torch.optim.Optimizer):
                 stacklevel=2,
             )
             return loss
+        pending = []
         for group, layers, ordinary in plans:
             for parameter in ordinary:
                 self._ordinary_update(group, parameter)
             for layer, gradients in layers:
-                self._tucker_update(group, layer, gradients)
+                pending.append((group, layer, self._augment(group, layer, gradients)))
+        if pending:
+            with phase("truncation"):
+                ranks = self._decide_ranks(pending)
+                for (_, layer, augmented), rank in zip(pending, ranks):
+                    self._finish(layer, augmented, rank)
+            if self._distributed:
+                self._broadcast_tucker_layers([layer for _, layer, _ in pending])
         return loss
 
     def _collect(self):
@@ -330,16 +404,9 @@ class TDLRT(torch.optim.Optimizer):
             return Momentum.init(tucker, group["momentum"], nesterov=group["nesterov"])
         return None
 
-    def _tucker_update(self, group, layer: TuckerLayer, gradients) -> None:
+    def _augment(self, group, layer: TuckerLayer, gradients) -> AugmentedStep:
+        """Steps 1-5 of the layer's update (everything but the truncation)."""
         tucker = layer.tucker()
-        rule = {
-            "rank": None,
-            "tol": group["tol"],
-            "relative": group["relative"],
-            "min_rank": layer.min_rank,
-            "max_rank": layer.max_rank,
-            "budget": None,
-        }
         decay = group["weight_decay"]
         lr = group["lr"]
         with tf.use_backend("pytorch"):
@@ -348,39 +415,195 @@ class TDLRT(torch.optim.Optimizer):
                 grad = gradients["weight"]
                 if decay:
                     grad = grad + decay * reconstruct(tucker.core, tucker.factors)
-                if self._method(group, layer) == "tdlrt":
-                    # unchecked: layer points are orthonormal by construction, the
-                    # rule was validated when the group was added, the gradient's
-                    # finiteness by _non_finite
-                    out = tdlrt_update_unchecked(
-                        tucker.core, tucker.factors, grad, lr, state=state, **rule
-                    )
-                else:
-                    out = tf.parallel_bug_step(tucker, grad, lr, state=state, **rule)
-            else:
-                core_grad, factor_grads = gradients["core"], gradients["factors"]
-                if decay:
-                    core_grad = core_grad + decay * tucker.core
-                    factor_grads = [
-                        g + decay * _gram_term(tucker, mode)
-                        for mode, g in enumerate(factor_grads)
-                    ]
-                out = parallel_update_from_factor_gradients(
-                    tucker.core,
-                    tucker.factors,
-                    core_grad,
-                    factor_grads,
-                    lr,
-                    rcond=group["rcond"],
-                    state=state,
-                    **rule,
+                # unchecked: layer points are orthonormal by construction, the rule
+                # was validated when the group was added, the gradient by _non_finite
+                augment = (
+                    tdlrt_augment_unchecked
+                    if self._method(group, layer) == "tdlrt"
+                    else parallel_augment_unchecked
                 )
-        if state is not None:
+                return augment(tucker.core, tucker.factors, grad, lr, state=state)
+            core_grad, factor_grads = gradients["core"], gradients["factors"]
+            if decay:
+                core_grad = core_grad + decay * tucker.core
+                factor_grads = [
+                    g + decay * _gram_term(tucker, mode)
+                    for mode, g in enumerate(factor_grads)
+                ]
+            return parallel_augment_from_factor_gradients(
+                tucker.core,
+                tucker.factors,
+                core_grad,
+                factor_grads,
+                lr,
+                rcond=group["rcond"],
+                state=state,
+            )
+
+    def _decide_ranks(self, pending) -> list[tuple[int, ...]]:
+        """New ranks of every pending layer: by tolerance, or by the global budget.
+
+        In data-parallel training worker 0 decides and broadcasts, so shapes can never
+        diverge even when a singular value sits on the tolerance boundary.
+        """
+        if self._distributed and self._rank != 0:
+            ranks = None
+        else:
+            with tf.use_backend("pytorch"):
+                ranks = self._choose_ranks(pending)
+        if self._distributed:
+            ranks = self._broadcast_ranks(ranks, pending)
+        return ranks
+
+    def _choose_ranks(self, pending) -> list[tuple[int, ...]]:
+        if self.budget is None:
+            return [
+                augmented.select(
+                    tol=group["tol"],
+                    relative=group["relative"],
+                    min_rank=layer.min_rank,
+                    max_rank=layer.max_rank,
+                )
+                for group, layer, augmented in pending
+            ]
+        problems = []
+        for _, layer, augmented in pending:
+            decomposition = augmented.decompose(layer.min_rank, layer.max_rank)
+            dims = available_ranks(tuple(augmented.core.shape))
+            problems.append(
+                {
+                    "spectra": [
+                        None if s is None else s.detach().cpu().numpy()
+                        for s in decomposition.spectra
+                    ],
+                    "shape": layer.weight_shape,
+                    "min_rank": tuple(
+                        min(lo, d) for lo, d in zip(layer.min_rank, dims)
+                    ),
+                    "max_rank": tuple(
+                        min(hi, d) for hi, d in zip(layer.max_rank, dims)
+                    ),
+                    "norm": decomposition.norm,
+                }
+            )
+        # layers without a gradient this step keep their size inside the budget
+        active = {id(layer) for _, layer, _ in pending}
+        fixed = sum(
+            layer.parameter_count()
+            for layer in self._all_tucker_layers()
+            if id(layer) not in active
+        )
+        return ranks_from_global_budget(
+            problems, self.budget - fixed, criterion=self.budget_criterion
+        )
+
+    def _finish(self, layer: TuckerLayer, augmented: AugmentedStep, rank) -> None:
+        with tf.use_backend("pytorch"):
+            out = augmented.finish(
+                rank=rank, min_rank=layer.min_rank, max_rank=layer.max_rank
+            )
+        if augmented.state is not None:
             new, state = out
             self.state[layer.core]["tucker_state"] = _pack(state)
         else:
             new = out
         layer.set_tucker(new)
+
+    def _all_tucker_layers(self) -> list[TuckerLayer]:
+        layers = []
+        for group in self.param_groups:
+            if self._method(group, None) == "vanilla":
+                continue
+            layers += self._tucker_layers(group)
+        return layers
+
+    # ------------------------------------------------------ data parallelism
+    def _average_tucker_gradients(self, plans) -> None:
+        """Average every Tucker-layer gradient over the workers (DDP ignores these
+        parameters, see :func:`tuckerflow.nn.prepare_ddp`)."""
+        import torch.distributed as dist
+
+        tensors = []
+        for _, layers, _ in plans:
+            for _, gradients in layers:
+                tensors += [gradients.get("weight"), gradients.get("core")]
+                tensors += gradients.get("factors", [])
+        tensors = [t for t in tensors if t is not None]
+        if not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        flat /= self._world_size
+        offset = 0
+        for tensor in tensors:
+            tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+            offset += tensor.numel()
+
+    def _agree_on_skipping(self, problem: str | None) -> str | None:
+        import torch.distributed as dist
+
+        flag = torch.tensor([0.0 if problem is None else 1.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and problem is None:
+            return "another worker saw a non-finite loss or gradient"
+        return problem
+
+    def _broadcast_ranks(self, ranks, pending) -> list[tuple[int, ...]]:
+        import torch.distributed as dist
+
+        orders = [len(layer.weight_shape) for _, layer, _ in pending]
+        flat = torch.zeros(sum(orders), dtype=torch.int64)
+        if ranks is not None:
+            flat = torch.tensor([r for rank in ranks for r in rank], dtype=torch.int64)
+        dist.broadcast(flat, src=0)
+        values, out = flat.tolist(), []
+        for order in orders:
+            out.append(tuple(values[:order]))
+            values = values[order:]
+        return out
+
+    def _broadcast_tucker_layers(self, layers) -> None:
+        """Make every worker hold worker 0's bits (weights and optimizer state)."""
+        import torch.distributed as dist
+
+        for layer in layers:
+            tensors = [layer.core.data, *(f.data for f in layer.factors)]
+            packed = self.state.get(layer.core, {}).get("tucker_state")
+            if packed is not None:
+                for value in packed.values():
+                    if isinstance(value, torch.Tensor):
+                        tensors.append(value)
+                    elif isinstance(value, list):
+                        tensors += [v for v in value if isinstance(v, torch.Tensor)]
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
+
+    def _sync_initial_weights(self) -> None:
+        """Worker 0's ranks and weights for every Tucker layer (DDP does not sync the
+        parameters it ignores)."""
+        import torch.distributed as dist
+
+        layers = self._all_tucker_layers()
+        if not layers:
+            return
+        orders = [len(layer.weight_shape) for layer in layers]
+        flat = torch.tensor(
+            [r for layer in layers for r in layer.rank], dtype=torch.int64
+        )
+        dist.broadcast(flat, src=0)
+        values = flat.tolist()
+        for layer, order in zip(layers, orders):
+            rank, values = tuple(values[:order]), values[order:]
+            if rank != layer.rank:
+                core = torch.zeros(
+                    rank, dtype=layer.core.dtype, device=layer.core.device
+                )
+                factors = [
+                    torch.zeros(n, r, dtype=f.dtype, device=f.device)
+                    for n, r, f in zip(layer.weight_shape, rank, layer.factors)
+                ]
+                layer.set_tucker((core, factors))
+        self._broadcast_tucker_layers(layers)
 
 
 def _gram_term(tucker: Any, mode: int) -> torch.Tensor:
@@ -388,3 +611,11 @@ def _gram_term(tucker: Any, mode: int) -> torch.Tensor:
     core, factors = tucker
     unfolded = torch.movedim(core, mode, 0).reshape(core.shape[mode], -1)
     return factors[mode] @ (unfolded @ unfolded.t())
+
+
+def _distributed_default() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
