@@ -169,3 +169,22 @@ def test_tuckerize_with_a_budget():
     model = tuckerize(LeNet5(), init="random", budget=21_500)
     report = compression_report(model)
     assert report.compressed <= 21_500 and report.compression > 0.94
+
+
+def test_a_budget_schedule_is_followed_and_checkpointed():
+    from tuckerflow.nn import linear_budget
+
+    model = _model()
+    start = compression_report(model).compressed
+    schedule = linear_budget(start, 900, 5)
+    assert schedule(0) == start and schedule(5) == schedule(50) == 900
+    optimizer = TDLRT(model, lr=0.2, budget=schedule)
+    for step, _ in enumerate(_train(model, optimizer, steps=7)):
+        assert compression_report(model).compressed <= schedule(step)
+    state = optimizer.state_dict()
+    assert state["tdlrt_steps"] == 7
+    fresh = TDLRT(_model(), lr=0.2, budget=schedule)
+    fresh.load_state_dict(state)
+    assert fresh._budget_now() == 900
+    with pytest.raises(ValueError, match="start, end and steps must be positive"):
+        linear_budget(100, 0, 5)

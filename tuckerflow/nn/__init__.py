@@ -9,7 +9,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .convert import CompressionReport, compression_report, tuckerize
 from .distributed import prepare_ddp
 from .layers import TuckerConv1d, TuckerConv2d, TuckerConv3d, TuckerLayer, TuckerLinear
-from .optim import TDLRT
+from .optim import TDLRT, linear_budget
 
 __all__ = [
     "TDLRT",
@@ -21,6 +21,7 @@ __all__ = [
     "TuckerLinear",
     "add_tucker_adapters",
     "compression_report",
+    "linear_budget",
     "load_checkpoint",
     "merge_adapters",
     "prepare_ddp",
