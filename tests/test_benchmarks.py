@@ -41,3 +41,34 @@ def test_step_cost_quick(tmp_path):
         )
         assert 0 < phases <= 1.5 * row["step_ms"] + 1.0
     assert "mode prod ms" in out
+
+
+def test_ill_conditioning_quick(tmp_path):
+    _run("ill_conditioning.py", tmp_path)
+    payload = json.loads((tmp_path / "ill_conditioning_quick.json").read_text())
+    rows = {(r["method"], r["lr"]): r for r in payload["rows"]}
+    assert not rows[("TDLRT", 1.5)]["diverged"] and rows[("TDLRT", 1.5)]["monotone"]
+    assert rows[("RGD (explicit factor step)", 0.5)]["diverged"]
+
+
+def test_training_and_speed_benchmarks_quick(tmp_path):
+    _run("training_step.py", tmp_path)
+    _run("speed_memory.py", tmp_path)
+    rows = json.loads((tmp_path / "speed_memory_quick.json").read_text())["rows"]
+    variants = {r["variant"] for r in rows}
+    assert {"full", "vanilla (ours)", "TDLRT dense", "TDLRT factorized"} <= variants
+    assert all(r["median_ms"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
+
+
+def test_lenet_study_quick(tmp_path):
+    _run("lenet_compression.py", tmp_path)
+    rows = json.loads((tmp_path / "lenet_compression_quick.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["full", "tdlrt-budget95", "vanilla"]
+    assert (tmp_path / "lenet_compression_quick.png").exists()
+
+
+def test_distributed_quick(tmp_path):
+    _run("distributed_lenet.py", tmp_path)
+    rows = json.loads((tmp_path / "distributed_lenet_quick.json").read_text())["rows"]
+    assert [r["workers"] for r in rows] == [1, 2]
+    assert all(r["images_per_second"] > 0 and r["test_accuracy"] > 0.2 for r in rows)
