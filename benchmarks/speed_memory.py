@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -47,20 +48,36 @@ def network(name: str):
 
 
 def rank_for(name: str, level: float) -> int:
-    """Largest common channel rank whose Tucker layers reach the compression level."""
-    import torch
+    """Largest common channel rank whose Tucker layers reach the compression level
+    (compression decreases with the rank: bisection on the parameter count)."""
+    from torch import nn
 
-    from tuckerflow.nn import compression_report, tuckerize
+    from tuckerflow.ranks import parameter_count
 
-    best = 1
-    for rank in range(1, 513):
-        torch.manual_seed(0)
-        report = compression_report(tuckerize(network(name), init="random", rank=rank))
-        if report.compression >= level:
-            best = rank
+    shapes = [
+        tuple(m.weight.shape)
+        for m in network(name).modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    dense = sum(math.prod(s) for s in shapes)
+
+    def compression(rank: int) -> float:
+        total = 0
+        for shape in shapes:
+            ranks = [min(rank, n) if i < 2 else n for i, n in enumerate(shape)]
+            for mode in range(len(ranks)):  # a valid multilinear rank
+                ranks[mode] = min(ranks[mode], math.prod(ranks) // ranks[mode])
+            total += parameter_count(shape, ranks)
+        return 1 - total / dense
+
+    low, high = 1, 512
+    while low < high:
+        middle = (low + high + 1) // 2
+        if compression(middle) >= level:
+            low = middle
         else:
-            break
-    return best
+            high = middle - 1
+    return low
 
 
 def measure(args) -> None:

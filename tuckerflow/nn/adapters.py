@@ -41,7 +41,11 @@ def add_tucker_adapters(
         modules to adapt; every other parameter is frozen.
     rank : int or sequence, default 4
         Initial adapter rank (an int applies to the adaptive modes).
-    min_rank, max_rank, adaptive_modes, implementation
+    max_rank : int or sequence, optional
+        Largest adapter rank; default ``2 * rank`` for an int ``rank``. An update
+        ``dW`` that starts at zero has no scale of its own, so a relative tolerance
+        alone would let the first steps keep nearly every direction.
+    min_rank, adaptive_modes, implementation
         Passed to the adapter layers.
     verbose : bool
         Print the trainable-parameter count (like PEFT).
@@ -51,6 +55,8 @@ def add_tucker_adapters(
     nn.Module
         ``model`` itself, modified.
     """
+    if max_rank is None and isinstance(rank, int) and not isinstance(rank, bool):
+        max_rank = 2 * rank
     targets = tuple(target_modules)
     if not targets:
         raise ValueError("target_modules is empty")
