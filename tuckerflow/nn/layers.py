@@ -203,10 +203,17 @@ class TuckerLayer(nn.Module):
         self.max_rank = tuple(bounded_high)
 
     def _tag_parameters(self) -> None:
+        """Let optimizers find the layer of a parameter (``param._tuckerflow_layer``)."""
         reference = weakref.ref(self)
         self.core._tuckerflow_layer = reference
         for factor in self.factors:
             factor._tuckerflow_layer = reference
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # copy.deepcopy and pickle rebuild the parameters: point their tags at the
+        # new layer, not at the one they were copied from
+        super().__setstate__(state)
+        self._tag_parameters()
 
     # ------------------------------------------------------------------ access
     @property

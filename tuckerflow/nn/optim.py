@@ -145,6 +145,9 @@ class TDLRT(torch.optim.Optimizer):
         distributed: bool | None = None,
     ) -> None:
         if isinstance(params, nn.Module):
+            for module in params.modules():
+                if isinstance(module, TuckerLayer):
+                    module._tag_parameters()
             params = params.parameters()
         if tol is not None and budget is not None:
             raise ValueError(
