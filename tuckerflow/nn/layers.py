@@ -203,7 +203,7 @@ class TuckerLayer(nn.Module):
         self.max_rank = tuple(bounded_high)
 
     def _tag_parameters(self) -> None:
-        """Let optimizers find the layer of a parameter (``param._tuckerflow_layer``)."""
+        """Let optimizers find the layer of a parameter (``_tuckerflow_layer``)."""
         reference = weakref.ref(self)
         self.core._tuckerflow_layer = reference
         for factor in self.factors:
