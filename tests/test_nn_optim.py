@@ -263,3 +263,16 @@ def test_no_warning_on_a_normal_step():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         optimizer.step()
+
+
+def test_a_deep_copied_model_trains_its_own_layers():
+    import copy
+
+    original, x, target = _problem()
+    clone = copy.deepcopy(original)
+    before = original.weight.detach().clone()
+    optimizer = TDLRT(clone.parameters(), lr=0.5, tol=0.05)
+    F.mse_loss(clone(x), target).backward()
+    optimizer.step()
+    torch.testing.assert_close(original.weight.detach(), before)  # untouched
+    assert not torch.allclose(clone.weight.detach(), before)
