@@ -1,0 +1,231 @@
+"""Machinery of the compression-vs-accuracy studies: one process per (variant, seed),
+per-run JSON files, aggregation over seeds, a table and a plot.
+
+A study module describes its network, data and variants in a :class:`Study` and calls
+:func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass
+class Study:
+    name: str  # results/<name>.json and results/<runs>/...
+    script: pathlib.Path  # re-run for every (variant, seed)
+    runs: str  # folder under results/ for the per-run files
+    variants: list[str]
+    seeds: tuple[int, ...]
+    baselines: tuple[str, ...]  # variants that need the reference run first
+    layers: dict[str, tuple[int, ...]]  # factorized layers and their weight shapes
+    conv_layers: tuple[str, ...]
+    build: Callable  # (variant, seed, runs folder) -> (model, optimizer)
+    load_data: Callable
+    protocol: str
+    epochs: int = 10
+    batch: int = 128
+    quick_variants: tuple[str, ...] = ()
+
+    @property
+    def all_weights(self) -> int:
+        return int(sum(np.prod(s) for s in self.layers.values()))
+
+    @property
+    def conv_weights(self) -> int:
+        return int(sum(np.prod(self.layers[n]) for n in self.conv_layers))
+
+
+def run_one(study: Study, variant: str, seed: int, epochs: int, limit, runs) -> None:
+    import torch
+    from _train import train
+
+    torch.set_num_threads(1)
+    model, optimizer = study.build(variant, seed, runs)
+    history = train(
+        model,
+        optimizer,
+        study.load_data(),
+        epochs=epochs,
+        batch=study.batch,
+        seed=seed,
+        limit=limit,
+    )
+    history.update({"variant": variant, "seed": seed, "epochs_run": epochs})
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / f"{variant}-seed{seed}.json").write_text(json.dumps(history))
+    final = history["epochs"][-1]
+    print(
+        f"{variant} seed {seed}: accuracy {100 * final['test_accuracy']:.2f}%, "
+        f"{final['weights']:,} weights "
+        f"({1 - final['weights'] / study.all_weights:.2%} compression)",
+        flush=True,
+    )
+
+
+def run_all(study: Study, args, variants, seeds, runs: pathlib.Path) -> None:
+    """Every missing run, ``args.jobs`` processes at a time (one thread each)."""
+    todo = [
+        (v, s)
+        for v in variants
+        for s in seeds
+        if not (runs / f"{v}-seed{s}.json").exists()
+    ]
+    todo.sort(key=lambda item: item[0] in study.baselines)
+    running: list[subprocess.Popen] = []
+    for variant, seed in todo:
+        if variant in study.baselines:
+            for process in running:  # their reference runs must be complete
+                process.wait()
+            running = []
+        command = [
+            sys.executable,
+            str(study.script),
+            "--run",
+            variant,
+            "--seed",
+            str(seed),
+            "--epochs",
+            str(args.epochs),
+            "--out",
+            str(runs),
+        ]
+        if args.limit:
+            command += ["--limit", str(args.limit)]
+        running.append(subprocess.Popen(command, cwd=HERE))
+        if len(running) >= args.jobs:
+            running.pop(0).wait()
+    for process in running:
+        process.wait()
+
+
+def layer_weights(study: Study, history: dict, name: str) -> int:
+    from tuckerflow.ranks import parameter_count
+
+    ranks = history["epochs"][-1]["ranks"]
+    if name in ranks:
+        return parameter_count(study.layers[name], ranks[name])
+    return int(np.prod(study.layers[name]))  # dense or a baseline: counted as dense
+
+
+def report(study: Study, runs: pathlib.Path, out_name: str, folder=None) -> None:
+    from _common import save, table
+
+    rows = []
+    for variant in study.variants:
+        histories = [
+            json.loads(path.read_text())
+            for path in sorted(runs.glob(f"{variant}-seed*.json"))
+        ]
+        if not histories:
+            continue
+        accuracy = np.array([100 * h["final_accuracy"] for h in histories])
+        weights = np.array([h["weights"] for h in histories])
+        conv = np.array(
+            [
+                sum(layer_weights(study, h, n) for n in study.conv_layers)
+                for h in histories
+            ]
+        )
+        per_epoch = np.array(
+            [[100 * e["test_accuracy"] for e in h["epochs"]] for h in histories]
+        )
+        swing = float(np.mean(per_epoch[:, -3:].max(1) - per_epoch[:, -3:].min(1)))
+        rows.append(
+            {
+                "variant": variant,
+                "seeds": len(histories),
+                "accuracy_mean": float(accuracy.mean()),
+                "accuracy_std": float(accuracy.std(ddof=1))
+                if len(accuracy) > 1
+                else 0.0,
+                "weights_mean": float(weights.mean()),
+                "compression_all": float(1 - weights.mean() / study.all_weights),
+                "compression_conv": float(1 - conv.mean() / study.conv_weights),
+                "last3_epoch_swing": swing,
+                "median_step_ms": float(
+                    np.median([h["median_step_ms"] for h in histories])
+                ),
+            }
+        )
+    print(
+        table(
+            rows,
+            [
+                ("variant", "variant", "s"),
+                ("seeds", "seeds", "d"),
+                ("accuracy_mean", "acc %", ".2f"),
+                ("accuracy_std", "std", ".2f"),
+                ("compression_all", "compr. all", ".2%"),
+                ("compression_conv", "compr. conv", ".2%"),
+                ("last3_epoch_swing", "swing pp", ".2f"),
+                ("median_step_ms", "ms/step", ".1f"),
+            ],
+        )
+    )
+    path = save(out_name, {"protocol": study.protocol, "rows": rows}, folder)
+    print(f"saved {path}")
+    plot(study, rows, path.with_suffix(".png"))
+
+
+def plot(study: Study, rows, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for row in rows:
+        axis.errorbar(
+            100 * row["compression_all"],
+            row["accuracy_mean"],
+            yerr=row["accuracy_std"],
+            fmt="o",
+            capsize=3,
+            label=row["variant"],
+        )
+    axis.set_xlabel(f"compression of all {study.all_weights:,} weights (%)")
+    axis.set_ylabel("final test accuracy (%), mean and std over seeds")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"plot saved to {path}")
+
+
+def main(study: Study, doc: str) -> None:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--run", choices=study.variants)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--epochs", type=int, default=study.epochs)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default=None, help="folder of the per-run files")
+    args = parser.parse_args()
+    runs = pathlib.Path(args.out) if args.out else HERE / "results" / study.runs
+    if args.quick:
+        args.epochs, args.limit = 1, 6000
+        folder = pathlib.Path(args.out) if args.out else HERE / "results"
+        runs = folder / f"{study.runs}_quick"
+        args.out = str(runs)
+        run_all(study, args, list(study.quick_variants), (0,), runs)
+        report(study, runs, f"{study.name}_quick", folder)
+        return
+    if args.run:
+        run_one(study, args.run, args.seed, args.epochs, args.limit, runs)
+    if args.all:
+        run_all(study, args, study.variants, study.seeds, runs)
+    if args.report:
+        report(study, runs, study.name)
