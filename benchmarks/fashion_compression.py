@@ -5,9 +5,10 @@ Linear(1568, 256), Linear(256, 10); 420,240 weights), Fashion-MNIST from the Deb
 package ``dataset-fashion-mnist``, the protocol of study 1 (SGD momentum 0.9, lr 0.05,
 batch 128, final-epoch test accuracy) with 3 seeds and 5 epochs: at width 32 and 10
 epochs one TDLRT run took about 100 minutes on the two CPU cores available here.
-Variants: ``full``; ``tdlrt-tol0.2``; ``tdlrt-budget95`` (budget shrinking linearly from the half-rank
-start to 5% of the weights over the first epoch); ``vanilla`` (our Tucker layers,
-plain SGD on the factors, at the ranks ``tdlrt-budget95`` ended with for that seed).
+Variants: ``full``; ``tdlrt-tol0.2``; ``tdlrt-budget95`` (budget shrinking linearly
+from the half-rank start to 5% of the weights over the first epoch); ``vanilla`` (our
+Tucker layers, plain SGD on the factors, at the ranks ``tdlrt-budget95`` ended with for
+that seed).
 
 Run: ``python benchmarks/fashion_compression.py --all --report [--quick]``
 """
