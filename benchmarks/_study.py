@@ -80,8 +80,7 @@ def run_all(study: Study, args, variants, seeds, runs: pathlib.Path) -> None:
         for v in variants
         for s in seeds
         if not (runs / f"{v}-seed{s}.json").exists()
-    ]
-    todo.sort(key=lambda item: item[0] in study.baselines)
+    ]  # in the order of the variants: references come before their baselines
     running: list[subprocess.Popen] = []
     for variant, seed in todo:
         if variant in study.baselines:
