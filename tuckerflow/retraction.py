@@ -100,6 +100,30 @@ def retract(
         max_rank=max_rank,
         budget=None,
     )
+    return retract_unchecked(
+        core,
+        factors,
+        tangent,
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+    )
+
+
+def retract_unchecked(
+    core: Any,
+    factors: Sequence[Any],
+    tangent: TangentVector,
+    *,
+    rank: RankSpec,
+    tol: float | None,
+    relative: bool,
+    min_rank: RankSpec,
+    max_rank: RankSpec,
+) -> TuckerTensor:
+    """:func:`retract` on inputs (and a rank rule) its caller has already validated."""
     augmented, bases = augmented_sum(core, factors, tangent)
     result, _, _ = truncate_core(
         augmented,

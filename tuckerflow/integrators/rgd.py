@@ -8,9 +8,9 @@ import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
 from .._checks import check_finite
-from ..hosvd import RankSpec, truncate_core
+from ..hosvd import RankSpec
 from ..linalg import thin_qr
-from ..retraction import augmented_sum
+from ..retraction import retract_unchecked
 from ..tangent import project_unchecked
 from ._blocks import augmented_dims, check_rule, check_step_inputs
 
@@ -93,14 +93,13 @@ def rgd_step(
         budget=None,
     )
     tangent = project_unchecked(core, factors, grad)
-    augmented, bases = augmented_sum(core, factors, -lr * tangent)
-    result, _, _ = truncate_core(
-        augmented,
-        bases,
+    return retract_unchecked(
+        core,
+        factors,
+        -lr * tangent,
         rank=rank,
         tol=tol,
         relative=relative,
         min_rank=min_rank,
         max_rank=max_rank,
     )
-    return result

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .convert import _matches, _parent
-from .layers import DENSE_TO_TUCKER, TuckerLayer
+from .layers import DENSE_TO_TUCKER, TuckerLayer, build_like
 
 __all__ = ["add_tucker_adapters", "merge_adapters", "trainable_parameters"]
 
@@ -87,29 +87,8 @@ def add_tucker_adapters(
             offset=weight,
             zero_core=True,
         )
-        if isinstance(module, nn.Linear):
-            adapter = cls(
-                module.in_features,
-                module.out_features,
-                module.bias is not None,
-                **options,
-            )
-        else:
-            adapter = cls(
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size,
-                stride=module.stride,
-                padding=module.padding,
-                dilation=module.dilation,
-                groups=module.groups,
-                bias=module.bias is not None,
-                padding_mode=module.padding_mode,
-                **options,
-            )
-        if module.bias is not None:
-            with torch.no_grad():
-                adapter.bias.copy_(module.bias)
+        adapter = build_like(cls, module, **options)
+        if adapter.bias is not None:
             adapter.bias.requires_grad_(False)
         parent, child = _parent(model, name)
         setattr(parent, child, adapter)
@@ -142,30 +121,9 @@ def merge_adapters(model: nn.Module) -> nn.Module:
         cls = dense_of[type(adapter)]
         weight = adapter.weight.detach()
         factory = {"device": weight.device, "dtype": weight.dtype}
-        if cls is nn.Linear:
-            merged = nn.Linear(
-                adapter.in_features,
-                adapter.out_features,
-                adapter.bias is not None,
-                **factory,
-            )
-        else:
-            merged = cls(
-                adapter.in_channels,
-                adapter.out_channels,
-                adapter.kernel_size,
-                stride=adapter.stride,
-                padding=adapter.padding,
-                dilation=adapter.dilation,
-                groups=adapter.groups,
-                bias=adapter.bias is not None,
-                padding_mode=adapter.padding_mode,
-                **factory,
-            )
+        merged = build_like(cls, adapter, **factory)
         with torch.no_grad():
             merged.weight.copy_(weight)
-            if adapter.bias is not None:
-                merged.bias.copy_(adapter.bias)
         parent, child = _parent(model, name)
         setattr(parent, child, merged)
     return model

@@ -723,10 +723,18 @@ def _from_dense(cls, module, rank, tol, options):
         init_weight=weight,
         **options,
     )
-    if cls is TuckerLinear:
-        layer = cls(
-            module.in_features, module.out_features, module.bias is not None, **kwargs
-        )
+    return build_like(cls, module, **kwargs)
+
+
+def build_like(cls: type[nn.Module], module: nn.Module, **kwargs: Any) -> nn.Module:
+    """Construct ``cls`` with the shape hyper-parameters of a Linear/ConvNd ``module``.
+
+    Works between dense and Tucker layers in either direction; the bias (if any) is
+    copied, everything else comes from ``kwargs``.
+    """
+    bias = module.bias is not None
+    if hasattr(module, "in_features"):
+        layer = cls(module.in_features, module.out_features, bias, **kwargs)
     else:
         layer = cls(
             module.in_channels,
@@ -736,11 +744,11 @@ def _from_dense(cls, module, rank, tol, options):
             padding=module.padding,
             dilation=module.dilation,
             groups=module.groups,
-            bias=module.bias is not None,
+            bias=bias,
             padding_mode=module.padding_mode,
             **kwargs,
         )
-    if module.bias is not None:
+    if bias:
         with torch.no_grad():
             layer.bias.copy_(module.bias)
     return layer
