@@ -68,13 +68,16 @@ def test_lenet_demo_trains_and_plots(tmp_path):
         "3",
         "--limit",
         "4000",
+        "--tol",
+        "0.1",
         "--no-progress",
         "--plot",
         str(plot),
     )
     line = next(row for row in out.splitlines() if row.startswith("epoch 3:"))
     accuracy = float(line.split("test accuracy ")[1].split("%")[0])
-    # 4,000 images, 3 epochs: about 92% measured (97% after one full epoch)
+    # 4,000 images, 3 epochs, tol 0.1: 91.2% measured (chance is 10%). The default
+    # tol 0.2 compresses harder and needs the full data set (83.9% on this subset).
     assert accuracy > 85.0
     assert "ranks (out, in)" in out and plot.stat().st_size > 10_000
 
