@@ -212,6 +212,12 @@ def main(study: Study, doc: str) -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=None, help="folder of the per-run files")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="subset for --all"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=None, help="subset for --all, in this order"
+    )
     args = parser.parse_args()
     runs = pathlib.Path(args.out) if args.out else HERE / "results" / study.runs
     if args.quick:
@@ -225,6 +231,10 @@ def main(study: Study, doc: str) -> None:
     if args.run:
         run_one(study, args.run, args.seed, args.epochs, args.limit, runs)
     if args.all:
-        run_all(study, args, study.variants, study.seeds, runs)
+        variants = args.variants or study.variants
+        unknown = sorted(set(variants) - set(study.variants))
+        if unknown:
+            parser.error(f"--variants: unknown {unknown}; choose from {study.variants}")
+        run_all(study, args, variants, tuple(args.seeds or study.seeds), runs)
     if args.report:
         report(study, runs, study.name)

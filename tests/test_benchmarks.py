@@ -72,3 +72,37 @@ def test_distributed_quick(tmp_path):
     rows = json.loads((tmp_path / "distributed_lenet_quick.json").read_text())["rows"]
     assert [r["workers"] for r in rows] == [1, 2]
     assert all(r["images_per_second"] > 0 and r["test_accuracy"] > 0.2 for r in rows)
+
+
+def test_pretrained_study_quick(tmp_path):
+    _run("pretrained_compression.py", tmp_path)
+    rows = json.loads((tmp_path / "pretrained_compression_quick.json").read_text())[
+        "rows"
+    ]
+    methods = [r["method"] for r in rows]
+    assert methods[0] == "pretrained (dense)" and rows[0]["accuracy"] > 0.98
+    assert {"HOSVD only", "TDLRT 1 epoch", "vanilla 1 epoch"} <= set(methods)
+    truncated = [r for r in rows if r["method"] != "pretrained (dense)"]
+    assert all(0 < r["compression"] < 1 and r["ranks"] for r in truncated)
+
+
+def test_fashion_study_quick(tmp_path):
+    _run("fashion_compression.py", tmp_path)
+    rows = json.loads((tmp_path / "fashion_compression_quick.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["full", "tdlrt-budget95", "vanilla"]
+    assert rows[0]["compression_all"] == 0 and rows[1]["compression_all"] > 0
+    assert rows[2]["weights_mean"] == rows[1]["weights_mean"]  # matched ranks
+    assert (tmp_path / "fashion_compression_quick.png").exists()
+
+
+def test_transformer_study_quick(tmp_path):
+    _run("transformer_adapters.py", tmp_path)
+    rows = json.loads((tmp_path / "transformer_adapters_quick.json").read_text())[
+        "rows"
+    ]
+    by_variant = {r["variant"]: r for r in rows}
+    assert list(by_variant) == ["full", "lora", "tucker"]
+    assert by_variant["lora"]["parameters_vs_lora"] == 1.0
+    full = by_variant["full"]["trainable_parameters"]
+    assert 0 < by_variant["tucker"]["trainable_parameters"] < full / 10
+    assert by_variant["tucker"]["adapter_ranks"]
