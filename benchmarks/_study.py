@@ -62,6 +62,7 @@ def run_one(study: Study, variant: str, seed: int, epochs: int, limit, runs) -> 
         limit=limit,
     )
     history.update({"variant": variant, "seed": seed, "epochs_run": epochs})
+    history["layer_weights"] = layer_weight_counts(model, study.layers)
     runs.mkdir(parents=True, exist_ok=True)
     (runs / f"{variant}-seed{seed}.json").write_text(json.dumps(history))
     final = history["epochs"][-1]
@@ -108,13 +109,23 @@ def run_all(study: Study, args, variants, seeds, runs: pathlib.Path) -> None:
         process.wait()
 
 
+def layer_weight_counts(model, names) -> dict[str, int]:
+    """Stored weights of each named layer, whatever its factorization."""
+    from _baselines import weight_count
+
+    modules = dict(model.named_modules())
+    return {name: weight_count(modules[name]) for name in names}
+
+
 def layer_weights(study: Study, history: dict, name: str) -> int:
     from tuckerflow.ranks import parameter_count
 
+    if name in history.get("layer_weights", {}):
+        return history["layer_weights"][name]
     ranks = history["epochs"][-1]["ranks"]
     if name in ranks:
         return parameter_count(study.layers[name], ranks[name])
-    return int(np.prod(study.layers[name]))  # dense or a baseline: counted as dense
+    return int(np.prod(study.layers[name]))  # a dense layer
 
 
 def report(study: Study, runs: pathlib.Path, out_name: str, folder=None) -> None:
@@ -129,6 +140,8 @@ def report(study: Study, runs: pathlib.Path, out_name: str, folder=None) -> None
         if not histories:
             continue
         accuracy = np.array([100 * h["final_accuracy"] for h in histories])
+        finite = np.array([np.isfinite(h["epochs"][-1]["loss"]) for h in histories])
+        converged = accuracy[finite]
         weights = np.array([h["weights"] for h in histories])
         conv = np.array(
             [
@@ -144,9 +157,16 @@ def report(study: Study, runs: pathlib.Path, out_name: str, folder=None) -> None
             {
                 "variant": variant,
                 "seeds": len(histories),
+                "diverged": int((~finite).sum()),
                 "accuracy_mean": float(accuracy.mean()),
                 "accuracy_std": float(accuracy.std(ddof=1))
                 if len(accuracy) > 1
+                else 0.0,
+                "converged_accuracy_mean": float(converged.mean())
+                if len(converged)
+                else None,
+                "converged_accuracy_std": float(converged.std(ddof=1))
+                if len(converged) > 1
                 else 0.0,
                 "weights_mean": float(weights.mean()),
                 "compression_all": float(1 - weights.mean() / study.all_weights),
@@ -163,6 +183,7 @@ def report(study: Study, runs: pathlib.Path, out_name: str, folder=None) -> None
             [
                 ("variant", "variant", "s"),
                 ("seeds", "seeds", "d"),
+                ("diverged", "diverged", "d"),
                 ("accuracy_mean", "acc %", ".2f"),
                 ("accuracy_std", "std", ".2f"),
                 ("compression_all", "compr. all", ".2%"),
@@ -185,16 +206,25 @@ def plot(study: Study, rows, path: pathlib.Path) -> None:
 
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for row in rows:
+        if row["converged_accuracy_mean"] is None:
+            continue
+        label = f"{row['variant']} ({row['seeds']} seeds"
+        if row["diverged"]:
+            label += f", {row['diverged']} diverged; the others shown"
         axis.errorbar(
-            100 * row["compression_all"],
-            row["accuracy_mean"],
-            yerr=row["accuracy_std"],
+            row["weights_mean"],
+            row["converged_accuracy_mean"],
+            yerr=row["converged_accuracy_std"],
             fmt="o",
             capsize=3,
-            label=row["variant"],
+            label=label + ")",
         )
-    axis.set_xlabel(f"compression of all {study.all_weights:,} weights (%)")
-    axis.set_ylabel("final test accuracy (%), mean and std over seeds")
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_xlabel(
+        f"stored weights (log scale; the dense network has {study.all_weights:,})"
+    )
+    axis.set_ylabel("final test accuracy (%), mean and std")
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
