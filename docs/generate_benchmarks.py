@@ -24,6 +24,15 @@ def _cell(value) -> str:
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return "(" + ", ".join(_cell(v) for v in value) + ")"
+    if isinstance(value, dict):  # e.g. ranks per layer: short, or summarised
+        if len(value) <= 4:
+            return "; ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+        distinct = {_cell(v) for v in value.values()}
+        if len(distinct) == 1:
+            return f"{len(value)} x {distinct.pop()}"
+        return f"{len(value)} entries"
+    if value is None:
+        return ""
     return str(value).replace("|", "/")
 
 
