@@ -94,7 +94,13 @@ def save(
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
     """Plain-text table: columns are (key, header, format spec)."""
     headers = [header for _, header, _ in columns]
-    cells = [[format(row[key], spec) for key, _, spec in columns] for row in rows]
+    cells = [
+        [
+            "-" if row.get(key) is None else format(row[key], spec)
+            for key, _, spec in columns
+        ]
+        for row in rows
+    ]  # "-": not measured (a failed run, or a value that does not apply)
     widths = [
         max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
         for i, h in enumerate(headers)

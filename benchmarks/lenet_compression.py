@@ -116,6 +116,8 @@ STUDY = Study(
         "matrix",
         "tdlrt-tol0.1",
         "tdlrt-tol0.3",
+        "tdlrt-tol0.05",
+        "tdlrt-tol0.4",
     ],
     seeds=(0, 1, 2, 3, 4),
     baselines=("vanilla", "tltorch", "matrix"),

@@ -204,9 +204,12 @@ def driver(args) -> None:
                     args.device,
                 ]
                 out = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
-                if out.returncode != 0:
-                    reason = out.stderr.strip().splitlines()[-1]
-                    print(f"{name} {variant}: failed ({reason})")
+                if out.returncode != 0:  # recorded, not dropped: a failure is a result
+                    lines = out.stderr.strip().splitlines() or ["no output"]
+                    row = {"network": name, "level": level, "variant": variant}
+                    row["error"] = lines[-1]
+                    rows.append(row)
+                    print(f"{name} {level:.0%} {variant}: FAILED ({lines[-1]})")
                     continue
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(row)
@@ -216,9 +219,11 @@ def driver(args) -> None:
                     flush=True,
                 )
     for name in networks:
-        full = next(r for r in rows if r["network"] == name and r["variant"] == "full")
+        full = next(
+            (r for r in rows if r["network"] == name and r["variant"] == "full"), {}
+        )
         for row in rows:
-            if row["network"] == name:
+            if row["network"] == name and "median_ms" in row and "median_ms" in full:
                 row["ratio_to_full"] = row["median_ms"] / full["median_ms"]
     print(
         table(

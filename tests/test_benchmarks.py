@@ -55,6 +55,7 @@ def test_training_and_speed_benchmarks_quick(tmp_path):
     rows = json.loads((tmp_path / "speed_memory_quick.json").read_text())["rows"]
     variants = {r["variant"] for r in rows}
     assert {"full", "vanilla (ours)", "TDLRT dense", "TDLRT factorized"} <= variants
+    assert [r for r in rows if "error" in r] == []
     assert all(r["median_ms"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
 
 

@@ -34,7 +34,7 @@ from ._checks import (
     tucker_shape,
 )
 from .backend import plain_context, to_float
-from .linalg import fix_column_signs, left_singular, mode_product, thin_qr
+from .linalg import fix_column_signs, left_singular, mode_product, thin_qr, thin_svd
 from .ranks import parameter_count, ranks_from_budget, ranks_from_tolerance
 
 __all__ = ["hosvd", "truncate"]
@@ -238,7 +238,7 @@ def core_singular_vectors(
     order = tl.ndim(core)
     skip = [False] * order if skip is None else list(skip)
     if order == 2 and not any(skip):
-        left, values, right_t = tl.svd(core, full_matrices=False)
+        left, values, right_t = thin_svd(core)
         left = fix_column_signs(left)
         right = fix_column_signs(tl.transpose(right_t))
         return [left, right], [values, values]

@@ -8,15 +8,17 @@ the expensive work, contracting a large tensor with thin factors, is organised i
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import tensorly as tl
 
-from .backend import plain_context
+from .backend import is_finite, plain_context, to_float
 
 __all__ = [
     "mode_product",
     "fix_column_signs",
+    "thin_svd",
     "left_singular",
     "thin_qr",
     "orthonormal_basis",
@@ -87,6 +89,89 @@ def fix_column_signs(vectors: Any, reference: Any | None = None) -> Any:
     return vectors * tl.reshape(signs, (1, -1))
 
 
+def _did_not_converge(error: Exception) -> bool:
+    """Whether a backend's SVD raised because its iteration did not converge.
+
+    NumPy and CuPy raise ``numpy.linalg.LinAlgError``; PyTorch raises
+    ``torch.linalg.LinAlgError`` (a ``RuntimeError``). Matched by name so that the
+    core never imports a backend.
+    """
+    name = type(error).__name__
+    return name.endswith("LinAlgError") or "converge" in str(error).lower()
+
+
+def thin_svd(matrix: Any) -> tuple[Any, Any, Any]:
+    """Thin SVD ``matrix = U diag(s) V^T`` that survives LAPACK's rare failures.
+
+    The divide-and-conquer drivers behind ``tl.svd`` (``gesdd``) occasionally report
+    that they did not converge on matrices with many (near-)repeated singular values,
+    which augmented cores with zero blocks have. Two fallbacks, each exact in exact
+    arithmetic, are tried in turn:
+
+    1. the SVD of the triangular factor ``R`` of ``matrix = Q R`` (Householder QR
+       never fails; ``R`` has the same singular values and right vectors, and the
+       iteration starts from a different matrix);
+    2. the symmetric eigendecomposition of the Gram matrix ``M^T M`` (or ``M M^T``):
+       singular values below ``sqrt(eps) * s_max`` lose their relative accuracy, so
+       a :class:`RuntimeWarning` says it was used.
+
+    Non-finite input is not retried: the error names it.
+
+    Parameters
+    ----------
+    matrix : tensor of shape (m, n)
+
+    Returns
+    -------
+    U : tensor of shape (m, k), k = min(m, n)
+    s : tensor of shape (k,), decreasing
+    Vt : tensor of shape (k, n)
+    """
+    try:
+        return tl.svd(matrix, full_matrices=False)
+    except Exception as error:  # backend-specific classes, matched by name below
+        if not _did_not_converge(error):
+            raise
+        if not is_finite(matrix):
+            raise ValueError(
+                "thin_svd: the matrix has non-finite entries (NaN or inf)"
+            ) from error
+        first_error = error
+    rows, cols = tl.shape(matrix)
+    transposed = rows < cols
+    tall = tl.transpose(matrix) if transposed else matrix
+    try:
+        q, r = tl.qr(tall)
+        left, values, right_t = tl.svd(r, full_matrices=False)
+        left = tl.dot(q, left)
+    except Exception as error:  # as above
+        if not _did_not_converge(error):
+            raise
+        warnings.warn(
+            f"SVD did not converge ({first_error}); using the eigendecomposition of "
+            "the Gram matrix: singular values below sqrt(eps) * s_max are inaccurate",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        left, values, right_t = _gram_svd(tall)
+    if transposed:
+        return tl.transpose(right_t), values, tl.transpose(left)
+    return left, values, right_t
+
+
+def _gram_svd(tall: Any) -> tuple[Any, Any, Any]:
+    """Thin SVD of a tall matrix from ``eigh(M^T M)`` (last-resort fallback)."""
+    eigenvalues, right = tl.eigh(tl.dot(tl.transpose(tall), tall))
+    values = tl.sqrt(tl.clip(tl.flip(eigenvalues, axis=0), 0, None))  # decreasing
+    right = tl.flip(right, axis=1)
+    cutoff = float(tl.finfo(tall.dtype).eps) * to_float(values[0])
+    safe = tl.where(values > cutoff, values, values * 0 + 1)
+    # columns of (near-)zero singular values are junk: QR keeps the others (diag(R)
+    # >= 0 keeps their signs) and completes these to an orthonormal set
+    left = thin_qr(tl.dot(tall, right) / tl.reshape(safe, (1, -1)))[0]
+    return left, values, tl.transpose(right)
+
+
 def left_singular(matrix: Any) -> tuple[Any, Any]:
     """Thin SVD keeping only the left side: ``matrix = P diag(s) (...)^T``.
 
@@ -102,11 +187,11 @@ def left_singular(matrix: Any) -> tuple[Any, Any]:
         # matrix = R^T Q^T: the left singular vectors and values are those of the small
         # square R^T; QR is backward stable and computing R alone skips both Q and the
         # wide right singular vectors (6x faster than a thin SVD for 128 x 16384)
-        left, values, _ = tl.svd(
-            tl.transpose(_triangular_factor(tl.transpose(matrix))), full_matrices=False
+        left, values, _ = thin_svd(
+            tl.transpose(_triangular_factor(tl.transpose(matrix)))
         )
     else:
-        left, values, _ = tl.svd(matrix, full_matrices=False)
+        left, values, _ = thin_svd(matrix)
     return fix_column_signs(left), values
 
 
@@ -163,7 +248,7 @@ def pseudo_inverse_rows(matrix: Any) -> Any:
     Singular values below ``max(shape) * eps * sigma_max`` are treated as zero (the
     NumPy ``pinv`` convention).
     """
-    left, values, right_t = tl.svd(matrix, full_matrices=False)
+    left, values, right_t = thin_svd(matrix)
     eps = float(tl.finfo(matrix.dtype).eps)
     cutoff = max(tl.shape(matrix)) * eps * values[0]
     safe = tl.where(values > cutoff, values, values * 0 + 1)

@@ -15,7 +15,7 @@ from tensorly.tucker_tensor import TuckerTensor
 from .._checks import check_finite, check_positive, check_tensor, check_tucker
 from ..contractions import GradientContractions
 from ..hosvd import RankSpec
-from ..linalg import augment_basis, orthonormal_basis
+from ..linalg import augment_basis, orthonormal_basis, thin_svd
 from ..profiling import phase
 from ._blocks import (
     AugmentedStep,
@@ -312,7 +312,7 @@ def _k_gradients(core, factors, factor_grads, reparams, rcond):
         if reparam is None:
             k_grads.append(None)
             continue
-        left, values, right_t = tl.svd(reparam[1], full_matrices=False)
+        left, values, right_t = thin_svd(reparam[1])
         cutoff = cutoff_ratio * values[0]
         safe = tl.where(values > cutoff, values, values * 0 + 1)
         inverse = tl.where(values > cutoff, 1 / safe, values * 0)
