@@ -100,7 +100,12 @@ def test_transformer_study_quick(tmp_path):
         "rows"
     ]
     by_variant = {r["variant"]: r for r in rows}
-    assert list(by_variant) == ["full", "lora", "tucker"]
+    assert list(by_variant) == ["full", "lora", "tucker", "tucker-budget70"]
+    lora_adapters = by_variant["lora"]["adapter_parameters"]
+    assert lora_adapters == 36 * 8 * (4 * 768 + 2 * 1920)  # 6 layers x 6 linears
+    budgeted = by_variant["tucker-budget70"]
+    assert budgeted["adapter_budget"] == round(0.7 * lora_adapters)
+    assert 0 < budgeted["adapter_parameters"] <= budgeted["adapter_budget"]
     assert by_variant["lora"]["parameters_vs_lora"] == 1.0
     full = by_variant["full"]["trainable_parameters"]
     assert 0 < by_variant["tucker"]["trainable_parameters"] < full / 10
