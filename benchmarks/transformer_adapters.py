@@ -211,6 +211,29 @@ def run(variant: str, args) -> dict:
     }
 
 
+def finished_or_run(variant: str, args) -> dict:
+    """One variant's row: reused from ``<out>/transformer[_quick]/`` when a run with
+    the same settings finished there (a full-size run takes about an hour per variant
+    on a CPU), else run and stored."""
+    import json
+
+    from _common import RESULTS
+
+    folder = pathlib.Path(args.out) if args.out else RESULTS
+    runs = folder / ("transformer_quick" if args.quick else "transformer")
+    settings = {"epochs": args.epochs, "batch": args.batch, "tokens": args.length}
+    path = runs / f"{variant}-seed{args.seed}.json"
+    if not args.quick and path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == settings:
+            print(f"{variant}: reusing {path}")
+            return stored["row"]
+    row = run(variant, args)
+    runs.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": settings, "row": row}) + "\n")
+    return row
+
+
 def main() -> None:
     from _common import save, table
 
@@ -234,7 +257,7 @@ def main() -> None:
         args.epochs = 1 if args.quick else 3
     if args.quick:
         args.length = 64
-    rows = [run(variant, args) for variant in args.variants]
+    rows = [finished_or_run(variant, args) for variant in args.variants]
     lora = next((r for r in rows if r["variant"] == "lora"), None)
     for row in rows:
         row["parameters_vs_lora"] = (
