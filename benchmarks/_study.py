@@ -208,7 +208,8 @@ def plot(study: Study, rows, path: pathlib.Path) -> None:
     for row in rows:
         if row["converged_accuracy_mean"] is None:
             continue
-        label = f"{row['variant']} ({row['seeds']} seeds"
+        plural = "s" if row["seeds"] != 1 else ""
+        label = f"{row['variant']} ({row['seeds']} seed{plural}"
         if row["diverged"]:
             label += f", {row['diverged']} diverged; the others shown"
         axis.errorbar(
