@@ -82,12 +82,12 @@ def run_all(study: Study, args, variants, seeds, runs: pathlib.Path) -> None:
         for s in seeds
         if not (runs / f"{v}-seed{s}.json").exists()
     ]  # in the order of the variants: references come before their baselines
-    running: list[subprocess.Popen] = []
+    running: list[tuple[str, int, subprocess.Popen]] = []
     for variant, seed in todo:
-        if variant in study.baselines:
-            for process in running:  # their reference runs must be complete
-                process.wait()
-            running = []
+        if variant in study.baselines:  # its seed's reference run must be complete
+            for other, other_seed, process in running:
+                if other_seed == seed and other not in study.baselines:
+                    process.wait()
         command = [
             sys.executable,
             str(study.script),
@@ -102,10 +102,10 @@ def run_all(study: Study, args, variants, seeds, runs: pathlib.Path) -> None:
         ]
         if args.limit:
             command += ["--limit", str(args.limit)]
-        running.append(subprocess.Popen(command, cwd=HERE))
+        running.append((variant, seed, subprocess.Popen(command, cwd=HERE)))
         if len(running) >= args.jobs:
-            running.pop(0).wait()
-    for process in running:
+            running.pop(0)[2].wait()
+    for _, _, process in running:
         process.wait()
 
 
