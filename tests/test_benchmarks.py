@@ -102,7 +102,7 @@ def test_transformer_study_quick(tmp_path):
     by_variant = {r["variant"]: r for r in rows}
     assert list(by_variant) == ["full", "lora", "tucker", "tucker-budget70"]
     lora_adapters = by_variant["lora"]["adapter_parameters"]
-    assert lora_adapters == 6 * 8 * (4 * 768 + 2 * 1920)  # 6 layers: q, k, v, o, MLP x 2
+    assert lora_adapters == 6 * 8 * (4 * 768 + 2 * 1920)  # 6 x (q, k, v, o, MLP x 2)
     budgeted = by_variant["tucker-budget70"]
     assert budgeted["adapter_budget"] == round(0.7 * lora_adapters)
     assert 0 < budgeted["adapter_parameters"] <= budgeted["adapter_budget"]
