@@ -213,8 +213,8 @@ def run(variant: str, args) -> dict:
 
 def finished_or_run(variant: str, args) -> dict:
     """One variant's row: reused from ``<out>/transformer[_quick]/`` when a run with
-    the same settings finished there (a full-size run takes about an hour per variant
-    on a CPU), else run and stored."""
+    the same settings finished there (a full-size variant took 10-30 min on 2 CPU
+    cores), else run and stored."""
     import json
 
     from _common import RESULTS

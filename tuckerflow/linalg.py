@@ -23,6 +23,7 @@ __all__ = [
     "thin_qr",
     "orthonormal_basis",
     "augment_basis",
+    "reciprocal_above",
     "pseudo_inverse_rows",
 ]
 
@@ -242,6 +243,12 @@ def augment_basis(basis: Any, directions: Any) -> Any:
     return orthonormal_basis(tl.concatenate([basis, directions], axis=1))
 
 
+def reciprocal_above(values: Any, cutoff: Any) -> Any:
+    """``1 / values`` where ``values > cutoff``, else 0 (no division by zero)."""
+    safe = tl.where(values > cutoff, values, values * 0 + 1)
+    return tl.where(values > cutoff, 1 / safe, values * 0)
+
+
 def pseudo_inverse_rows(matrix: Any) -> Any:
     """Moore-Penrose pseudo-inverse of a wide matrix via its thin SVD.
 
@@ -251,8 +258,7 @@ def pseudo_inverse_rows(matrix: Any) -> Any:
     left, values, right_t = thin_svd(matrix)
     eps = float(tl.finfo(matrix.dtype).eps)
     cutoff = max(tl.shape(matrix)) * eps * values[0]
-    safe = tl.where(values > cutoff, values, values * 0 + 1)
-    inverse = tl.where(values > cutoff, 1 / safe, values * 0)
+    inverse = reciprocal_above(values, cutoff)
     return tl.dot(
         tl.transpose(right_t) * tl.reshape(inverse, (1, -1)), tl.transpose(left)
     )

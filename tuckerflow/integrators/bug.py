@@ -15,7 +15,7 @@ from tensorly.tucker_tensor import TuckerTensor
 from .._checks import check_finite, check_positive, check_tensor, check_tucker
 from ..contractions import GradientContractions
 from ..hosvd import RankSpec
-from ..linalg import augment_basis, orthonormal_basis, thin_svd
+from ..linalg import augment_basis, orthonormal_basis, reciprocal_above, thin_svd
 from ..profiling import phase
 from ._blocks import (
     AugmentedStep,
@@ -314,8 +314,7 @@ def _k_gradients(core, factors, factor_grads, reparams, rcond):
             continue
         left, values, right_t = thin_svd(reparam[1])
         cutoff = cutoff_ratio * values[0]
-        safe = tl.where(values > cutoff, values, values * 0 + 1)
-        inverse = tl.where(values > cutoff, 1 / safe, values * 0)
+        inverse = reciprocal_above(values, cutoff)
         # pinv(S^T) = left diag(1 / values) right_t
         k_grads.append(
             tl.dot(grad, tl.dot(left * tl.reshape(inverse, (1, -1)), right_t))
