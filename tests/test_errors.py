@@ -230,6 +230,8 @@ def _snapshot(value):
         return ("tangent", _snapshot(value.core), [_snapshot(f) for f in value.factors])
     if isinstance(value, (tuple, list, tl.tucker_tensor.TuckerTensor)):
         return ("seq", [_snapshot(v) for v in value])
+    if tl.get_backend() == "cupy" and type(value).__module__.startswith("cupy"):
+        return ("tensor", tl.to_numpy(value).copy())
     return ("value", value)
 
 
