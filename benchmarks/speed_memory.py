@@ -17,7 +17,8 @@ resident memory (``ru_maxrss``; on a GPU ``torch.cuda.max_memory_allocated``) an
 TDLRT, the fraction of the step spent in QR/SVD/truncation (augmentation + truncation
 phases of :mod:`tuckerflow.profiling`).
 
-Run: ``python benchmarks/speed_memory.py [--quick] [--device cuda]``
+Run: ``python benchmarks/speed_memory.py [--quick] [--device cuda]`` (results in
+``results/speed_memory.json``, or ``results/speed_memory_cuda.json`` on the GPU).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ VARIANTS = (
     "TDLRT dense",
     "TDLRT factorized",
 )
+# on a GPU, also with the small QR/SVD on the device (the default runs them on the
+# host there: tuckerflow.set_host_factorizations)
+DEVICE_LINALG = "TDLRT factorized, QR/SVD on the GPU"
 
 
 def network(name: str):
@@ -88,6 +92,7 @@ def measure(args) -> None:
     import torch
     import torch.nn.functional as F
 
+    from tuckerflow import set_host_factorizations
     from tuckerflow.nn import TDLRT, compression_report, tuckerize
     from tuckerflow.profiling import record_phases
 
@@ -121,6 +126,8 @@ def measure(args) -> None:
                 module.min_rank = module.max_rank = module.rank
         method = "vanilla" if args.variant.startswith("vanilla") else "auto"
         optimizer = TDLRT(model, lr=0.01, momentum=0.9, method=method)
+        if args.variant == DEVICE_LINALG:
+            set_host_factorizations(False)
     model.to(device)
     x = torch.randn(128, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (128,), device=device)
@@ -182,10 +189,15 @@ def driver(args) -> None:
 
     rows = []
     networks = ("lenet",) if args.quick else NETWORKS
-    levels = (0.9,) if args.quick else LEVELS
+    levels = (0.9,) if args.quick else tuple(args.levels or LEVELS)
+    variants = VARIANTS if args.device == "cpu" else (*VARIANTS, DEVICE_LINALG)
+    unknown = set(args.variants or ()) - set(variants)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {variants}")
+    variants = [v for v in variants if v in (args.variants or variants)]
     for name in networks:
         for level in levels:
-            for variant in VARIANTS:
+            for variant in variants:
                 if variant == "full" and level != levels[0]:
                     continue
                 command = [
@@ -239,8 +251,11 @@ def driver(args) -> None:
             ],
         )
     )
+    name = args.name or (
+        "speed_memory" if args.device == "cpu" else f"speed_memory_{args.device}"
+    )
     path = save(
-        "speed_memory_quick" if args.quick else "speed_memory",
+        f"{name}_quick" if args.quick else name,
         {"device": args.device, "batch": 128, "repeats": args.repeats, "rows": rows},
         args.out,
     )
@@ -253,6 +268,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--levels", type=float, nargs="+", help="subset of the levels")
+    parser.add_argument("--variants", nargs="+", help="subset, by name")
+    parser.add_argument("--name", help="result file name (default speed_memory[_dev])")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--network", default="lenet", help=argparse.SUPPRESS)
     parser.add_argument("--level", type=float, default=0.9, help=argparse.SUPPRESS)

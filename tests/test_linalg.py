@@ -13,7 +13,15 @@ import pytest
 import tensorly as tl
 from helpers import eps_of, to_np
 
-from tuckerflow.linalg import left_singular, pseudo_inverse_rows, thin_svd
+import tuckerflow as tf
+from tuckerflow import linalg
+from tuckerflow.linalg import (
+    host_factorizations,
+    left_singular,
+    pseudo_inverse_rows,
+    thin_qr,
+    thin_svd,
+)
 
 
 class LinAlgError(Exception):
@@ -21,7 +29,10 @@ class LinAlgError(Exception):
 
 
 def _failing_svd(monkeypatch, failures: int) -> list[int]:
-    """Make the first ``failures`` calls of ``tl.svd`` raise; returns the call log."""
+    """Make the first ``failures`` calls of ``tl.svd`` raise; returns the call log.
+
+    The backend's own routines are forced (on a GPU "auto" would use NumPy's)."""
+    monkeypatch.setattr(linalg, "_on_host", lambda matrix: False)
     real_svd = tl.svd
     calls = []
 
@@ -108,11 +119,76 @@ def test_callers_use_the_guarded_svd(backend, monkeypatch):
     )
 
 
-def test_non_finite_input_is_named(backend):
+@pytest.mark.parametrize("host", [False, True])
+def test_non_finite_input_is_named(backend, host):
     values = np.random.default_rng(4).standard_normal((6, 4))
     values[2, 1] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
+    with host_factorizations(host), pytest.raises(ValueError, match="non-finite"):
         thin_svd(tl.tensor(values))
+
+
+@pytest.mark.parametrize("shape", [(30, 6), (6, 30), (12, 12)])
+def test_host_factorizations_compute_the_backends_factorization(backend, dtype, shape):
+    # both paths are backward-stable factorizations of the same matrix: singular values
+    # agree within O(max(m, n) eps ||A||) (Weyl), and Q, R of the unique QR with
+    # diag(R) > 0 within O(max(m, n) eps cond(A)); cond <= 1e2 here, 10 absorbs
+    # the constants
+    matrix = _matrix(shape, np.geomspace(10.0, 0.1, min(shape)), seed=5, dtype=dtype)
+    tol = 10 * max(shape) * eps_of(dtype)
+    results = {}
+    for host in (False, True):
+        with host_factorizations(host):
+            results[host] = (
+                thin_svd(matrix),
+                thin_qr(matrix) if shape[0] >= shape[1] else None,
+            )
+    for host, (svd, _) in results.items():
+        _check_svd(matrix, svd, tol=tol)
+        for factor in svd:
+            assert tl.context(factor) == tl.context(matrix), host  # dtype, device
+    if shape[0] >= shape[1]:
+        for device_factor, host_factor in zip(results[False][1], results[True][1]):
+            assert tl.context(host_factor) == tl.context(matrix)
+            np.testing.assert_allclose(
+                to_np(host_factor), to_np(device_factor), atol=100 * tol
+            )
+
+
+def test_host_factorizations_bypass_the_backend_and_are_scoped(backend, monkeypatch):
+    def svd(matrix, *args, **kwargs):
+        raise AssertionError("tl.svd called on the host path")
+
+    matrix = _matrix((8, 4), [4.0, 3.0, 2.0, 1.0], seed=6, dtype=tl.backend.float64)
+    monkeypatch.setattr(tl, "svd", svd)
+    with host_factorizations():
+        _check_svd(matrix, thin_svd(matrix), tol=1e-13)
+        with host_factorizations(False), pytest.raises(AssertionError, match="host"):
+            thin_svd(matrix)
+        thin_svd(matrix)  # the inner block restored the outer setting
+    with host_factorizations("auto"):  # no accelerator here: the backend's routine
+        expected = backend == "cupy"
+        assert linalg._on_host(matrix) == expected
+
+
+@pytest.mark.parametrize("mode", ["yes", None, 1.5])
+def test_host_mode_is_checked(mode):
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        tf.set_host_factorizations(mode)
+
+
+def test_a_tdlrt_step_is_the_same_with_host_factorizations(backend):
+    # the two paths differ by rounding: the new tensors agree to O(eps / gap)
+    Y = tf.random_tucker((12, 10, 8), (3, 3, 2), random_state=0)
+    gradient = tl.tensor(np.random.default_rng(7).standard_normal((12, 10, 8)))
+    steps = {}
+    for host in (False, True):
+        with host_factorizations(host):
+            steps[host] = tf.tdlrt_step(Y, gradient, 0.1, tol=0.05)
+    assert steps[True].rank == steps[False].rank
+    dense = [to_np(tl.tucker_to_tensor(steps[h])) for h in (False, True)]
+    np.testing.assert_allclose(
+        dense[1], dense[0], atol=1e-10 * np.linalg.norm(dense[0])
+    )
 
 
 def test_other_errors_are_not_swallowed(backend, monkeypatch):

@@ -20,6 +20,7 @@ from .integrators import (
     tdlrt_step,
     vanilla_step,
 )
+from .linalg import host_factorizations, set_host_factorizations
 from .random import random_tucker
 from .ranks import parameter_count
 from .retraction import retract
@@ -43,6 +44,7 @@ __all__ = [
     "available_backends",
     "bug_step",
     "hosvd",
+    "host_factorizations",
     "inner",
     "integrate",
     "parallel_bug_step",
@@ -52,6 +54,7 @@ __all__ = [
     "random_tangent",
     "random_tucker",
     "retract",
+    "set_host_factorizations",
     "rgd_step",
     "tangent_to_tensor",
     "tdlrt_step",

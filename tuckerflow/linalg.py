@@ -7,10 +7,14 @@ the expensive work, contracting a large tensor with thin factors, is organised i
 
 from __future__ import annotations
 
+import contextvars
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import tensorly as tl
 
 from .backend import is_finite, plain_context, to_float
@@ -18,6 +22,8 @@ from .backend import is_finite, plain_context, to_float
 __all__ = [
     "mode_product",
     "fix_column_signs",
+    "host_factorizations",
+    "set_host_factorizations",
     "thin_svd",
     "left_singular",
     "thin_qr",
@@ -67,6 +73,103 @@ def mode_product(
         else:
             product = tl.matmul(matrix, tl.reshape(tensor, (before, size, after)))
     return tl.reshape(product, (*shape[:mode], width, *shape[mode + 1 :]))
+
+
+HOST_AUTO_MAX_WORK = 2**24
+"""Largest ``m * n * min(m, n)`` factorized on the host in ``"auto"`` mode."""
+
+_HOST_MODE: contextvars.ContextVar = contextvars.ContextVar(
+    "host_factorizations", default="auto"
+)
+
+
+def _check_host_mode(mode: bool | str) -> bool | str:
+    if mode not in (True, False, "auto"):
+        raise ValueError(
+            f"host factorizations: expected True, False or 'auto', got {mode!r}"
+        )
+    return mode
+
+
+def set_host_factorizations(mode: bool | str) -> None:
+    """Choose where the small QR, SVD and eigendecompositions of the steps run.
+
+    On a GPU the factorizations of the thin ``n x 2r`` and ``r x prod(r)`` matrices
+    of a step are latency bound: cuSOLVER launches many small kernels and
+    synchronizes, so that one of them costs far more than on the CPU. The host path
+    copies the matrix to NumPy, factorizes it with LAPACK and copies the factors back
+    with the input's dtype and device; it computes the same factorization.
+
+    Parameters
+    ----------
+    mode : {"auto", True, False}
+        ``"auto"`` (default): on the host when the matrix lives on a GPU (CuPy, or a
+        CUDA torch tensor) and ``m * n * min(m, n) <= HOST_AUTO_MAX_WORK``; ``True``:
+        always on the host; ``False``: always with the backend's own routines.
+
+    See Also
+    --------
+    host_factorizations : the same setting for a ``with`` block.
+    """
+    _HOST_MODE.set(_check_host_mode(mode))
+
+
+@contextmanager
+def host_factorizations(mode: bool | str = True) -> Iterator[None]:
+    """:func:`set_host_factorizations` for the duration of a ``with`` block."""
+    token = _HOST_MODE.set(_check_host_mode(mode))
+    try:
+        yield
+    finally:
+        _HOST_MODE.reset(token)
+
+
+def _on_accelerator(matrix: Any) -> bool:
+    if tl.get_backend() == "cupy":
+        return True
+    device = getattr(matrix, "device", None)  # torch.device; "cpu" for NumPy 2
+    return getattr(device, "type", "cpu") != "cpu"
+
+
+def _on_host(matrix: Any) -> bool:
+    mode = _HOST_MODE.get()
+    if mode != "auto":
+        return mode
+    rows, cols = tl.shape(matrix)
+    return _on_accelerator(matrix) and rows * cols * min(rows, cols) <= (
+        HOST_AUTO_MAX_WORK
+    )
+
+
+def _like(array: np.ndarray, matrix: Any) -> Any:
+    return tl.tensor(array, **plain_context(matrix))
+
+
+def _svd(matrix: Any) -> tuple[Any, Any, Any]:
+    if _on_host(matrix):
+        factors = np.linalg.svd(tl.to_numpy(matrix), full_matrices=False)
+        return tuple(_like(f, matrix) for f in factors)
+    factors = tl.svd(matrix, full_matrices=False)
+    if not is_finite(factors[1]):  # cuSOLVER returns NaN for NaN input: no error
+        raise ValueError(
+            "thin_svd: the matrix has non-finite entries (NaN or inf): its singular "
+            "values are not finite"
+        )
+    return factors
+
+
+def _qr(matrix: Any) -> tuple[Any, Any]:
+    if _on_host(matrix):
+        q, r = np.linalg.qr(tl.to_numpy(matrix))
+        return _like(q, matrix), _like(r, matrix)
+    return tl.qr(matrix)
+
+
+def _eigh(matrix: Any) -> tuple[Any, Any]:
+    if _on_host(matrix):
+        values, vectors = np.linalg.eigh(tl.to_numpy(matrix))
+        return _like(values, matrix), _like(vectors, matrix)
+    return tl.eigh(matrix)
 
 
 def fix_column_signs(vectors: Any, reference: Any | None = None) -> Any:
@@ -129,7 +232,7 @@ def thin_svd(matrix: Any) -> tuple[Any, Any, Any]:
     Vt : tensor of shape (k, n)
     """
     try:
-        return tl.svd(matrix, full_matrices=False)
+        left, values, right_t = _svd(matrix)
     except Exception as error:  # backend-specific classes, matched by name below
         if not _did_not_converge(error):
             raise
@@ -138,12 +241,14 @@ def thin_svd(matrix: Any) -> tuple[Any, Any, Any]:
                 "thin_svd: the matrix has non-finite entries (NaN or inf)"
             ) from error
         first_error = error
+    else:
+        return left, values, right_t
     rows, cols = tl.shape(matrix)
     transposed = rows < cols
     tall = tl.transpose(matrix) if transposed else matrix
     try:
-        q, r = tl.qr(tall)
-        left, values, right_t = tl.svd(r, full_matrices=False)
+        q, r = _qr(tall)
+        left, values, right_t = _svd(r)
         left = tl.dot(q, left)
     except Exception as error:  # as above
         if not _did_not_converge(error):
@@ -162,7 +267,7 @@ def thin_svd(matrix: Any) -> tuple[Any, Any, Any]:
 
 def _gram_svd(tall: Any) -> tuple[Any, Any, Any]:
     """Thin SVD of a tall matrix from ``eigh(M^T M)`` (last-resort fallback)."""
-    eigenvalues, right = tl.eigh(tl.dot(tl.transpose(tall), tall))
+    eigenvalues, right = _eigh(tl.dot(tl.transpose(tall), tall))
     values = tl.sqrt(tl.clip(tl.flip(eigenvalues, axis=0), 0, None))  # decreasing
     right = tl.flip(right, axis=1)
     cutoff = float(tl.finfo(tall.dtype).eps) * to_float(values[0])
@@ -198,6 +303,8 @@ def left_singular(matrix: Any) -> tuple[Any, Any]:
 
 def _triangular_factor(matrix: Any) -> Any:
     """R of the reduced QR of a tall matrix, without forming Q."""
+    if _on_host(matrix):
+        return _like(np.linalg.qr(tl.to_numpy(matrix), mode="r"), matrix)
     result = tl.qr(matrix, mode="r")
     # NumPy and CuPy return R alone; PyTorch returns the pair (empty Q, R)
     return result[1] if isinstance(result, tuple) else result
@@ -211,7 +318,7 @@ def thin_qr(matrix: Any) -> tuple[Any, Any]:
     Q : tensor of shape (m, k), k = min(m, n)
     R : tensor of shape (k, n), upper triangular
     """
-    q, r = tl.qr(matrix)
+    q, r = _qr(matrix)
     ones = tl.ones((tl.shape(r)[0],), **plain_context(matrix))
     signs = tl.where(tl.diag(r) < 0, -ones, ones)
     return q * tl.reshape(signs, (1, -1)), r * tl.reshape(signs, (-1, 1))
