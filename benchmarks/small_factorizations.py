@@ -4,9 +4,9 @@ Times :func:`tuckerflow.linalg.thin_svd` and :func:`tuckerflow.linalg.thin_qr` o
 thin and small matrices a TDLRT step factorizes (``n x 2r`` bases, ``r x prod(r)``
 unfoldings) with the backend's own routines (``host_factorizations(False)``) and through
 NumPy on the host (``host_factorizations(True)``), float32, median of repeats with the
-device synchronized around each call. The ratio host / backend decides
-``linalg.HOST_AUTO_MAX_WORK``, the ``m * n * min(m, n)`` below which ``"auto"`` mode
-factorizes on the host when the matrix lives on a GPU.
+device synchronized around each call. The ratio host / backend decided
+``linalg.HOST_AUTO_MAX_WORK``, the ``m * n * min(m, n)`` up to which ``"auto"`` mode
+runs SVDs on the host when the matrix lives on a GPU.
 
 Run: ``python benchmarks/small_factorizations.py [--quick] [--device cuda]``
 (PyTorch backend; ``--backend cupy`` for CuPy arrays).
@@ -88,7 +88,7 @@ def main() -> None:
             ],
         )
     )
-    name = "small_factorizations_" + device.split()[0].replace(":", "")
+    name = f"small_factorizations_{args.backend}_" + device.split()[0].replace(":", "")
     path = save(
         f"{name}_quick" if args.quick else name,
         {"backend": args.backend, "device": device, "dtype": "float32", "rows": rows},

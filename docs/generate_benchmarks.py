@@ -57,6 +57,8 @@ def render(payload: dict, title: str) -> str:
     ]
     if facts:
         lines += ["Measured with: " + ", ".join(facts) + ".", ""]
+    if payload.get("note"):
+        lines += [payload["note"], ""]
     rows = payload.get("rows") or []
     if rows:
         columns: list[str] = []

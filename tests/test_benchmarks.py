@@ -59,6 +59,14 @@ def test_training_and_speed_benchmarks_quick(tmp_path):
     assert all(r["median_ms"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
 
 
+def test_small_factorizations_quick(tmp_path):
+    _run("small_factorizations.py", tmp_path)
+    path = tmp_path / "small_factorizations_pytorch_cpu_quick.json"
+    rows = json.loads(path.read_text())["rows"]
+    assert {r["factorization"] for r in rows} == {"svd", "qr"}
+    assert all(r["backend_ms"] > 0 and r["host_ms"] > 0 for r in rows)
+
+
 def test_lenet_study_quick(tmp_path):
     _run("lenet_compression.py", tmp_path)
     rows = json.loads((tmp_path / "lenet_compression_quick.json").read_text())["rows"]

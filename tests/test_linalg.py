@@ -32,7 +32,7 @@ def _failing_svd(monkeypatch, failures: int) -> list[int]:
     """Make the first ``failures`` calls of ``tl.svd`` raise; returns the call log.
 
     The backend's own routines are forced (on a GPU "auto" would use NumPy's)."""
-    monkeypatch.setattr(linalg, "_on_host", lambda matrix: False)
+    monkeypatch.setattr(linalg, "_on_host", lambda matrix, factorization: False)
     real_svd = tl.svd
     calls = []
 
@@ -165,9 +165,12 @@ def test_host_factorizations_bypass_the_backend_and_are_scoped(backend, monkeypa
         with host_factorizations(False), pytest.raises(AssertionError, match="host"):
             thin_svd(matrix)
         thin_svd(matrix)  # the inner block restored the outer setting
-    with host_factorizations("auto"):  # no accelerator here: the backend's routine
-        expected = backend == "cupy"
-        assert linalg._on_host(matrix) == expected
+    with host_factorizations("auto"):  # small SVDs of GPU arrays only
+        assert linalg._on_host(matrix, "svd") == (backend == "cupy")
+        assert not linalg._on_host(matrix, "qr")
+        large = tl.zeros((200, 100), **tl.context(matrix))  # 2e6 > 2^18
+        assert not linalg._on_host(large, "svd")
+    assert not linalg._on_host(matrix, "svd")  # default: the backend's routines
 
 
 @pytest.mark.parametrize("mode", ["yes", None, 1.5])
