@@ -74,6 +74,13 @@ def _ranks(model):
     return [m.rank for m in model if hasattr(m, "rank")]
 
 
+def _assert_same_weights(cpu_model, gpu_model):
+    """Represented weights equal within 1e-9 ||W|| (see the module docstring)."""
+    for cpu_weight, gpu_weight in zip(_weights(cpu_model), _weights(gpu_model)):
+        scale = float(cpu_weight.norm())
+        torch.testing.assert_close(gpu_weight, cpu_weight, atol=1e-9 * scale, rtol=0)
+
+
 def _assert_all_on(model, optimizer, device):
     for name, parameter in model.named_parameters():
         assert parameter.device.type == device.type, name
@@ -106,9 +113,7 @@ def test_cuda_training_matches_cpu_and_stays_on_the_gpu(implementation, options)
     assert _ranks(gpu_model) == _ranks(cpu_model)
     assert _ranks(cpu_model) != start  # the comparison covers a rank change
     _assert_all_on(gpu_model, gpu_optimizer, CUDA)
-    for cpu_weight, gpu_weight in zip(_weights(cpu_model), _weights(gpu_model)):
-        scale = float(cpu_weight.norm())
-        torch.testing.assert_close(gpu_weight, cpu_weight, atol=1e-9 * scale, rtol=0)
+    _assert_same_weights(cpu_model, gpu_model)
 
 
 def test_float32_training_on_the_gpu_follows_the_cpu_run():
@@ -149,6 +154,4 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path):
     _train(gpu_model, gpu_optimizer, x.to(CUDA), y.to(CUDA), 2)
     _train(cpu_model, cpu_optimizer, x, y, 2)
     assert _ranks(cpu_model) == _ranks(gpu_model)
-    for cpu_weight, gpu_weight in zip(_weights(cpu_model), _weights(gpu_model)):
-        scale = float(cpu_weight.norm())
-        torch.testing.assert_close(cpu_weight, gpu_weight, atol=1e-9 * scale, rtol=0)
+    _assert_same_weights(cpu_model, gpu_model)

@@ -166,11 +166,19 @@ def _svd(matrix: Any) -> tuple[Any, Any, Any]:
     return factors
 
 
-def _qr(matrix: Any) -> tuple[Any, Any]:
+def _qr(matrix: Any, mode: str = "reduced") -> Any:
+    """``(Q, R)``, or ``R`` alone for ``mode="r"``, on every backend and path."""
     if _on_host(matrix, "qr"):
-        q, r = np.linalg.qr(tl.to_numpy(matrix))
-        return _like(q, matrix), _like(r, matrix)
-    return tl.qr(matrix)
+        result = np.linalg.qr(tl.to_numpy(matrix), mode=mode)
+        return (
+            _like(result, matrix)
+            if mode == "r"
+            else tuple(_like(f, matrix) for f in result)
+        )
+    result = tl.qr(matrix, mode=mode)
+    if mode == "r" and isinstance(result, tuple):
+        return result[1]  # NumPy and CuPy return R alone; PyTorch (empty Q, R)
+    return result
 
 
 def _eigh(matrix: Any) -> tuple[Any, Any]:
@@ -311,11 +319,7 @@ def left_singular(matrix: Any) -> tuple[Any, Any]:
 
 def _triangular_factor(matrix: Any) -> Any:
     """R of the reduced QR of a tall matrix, without forming Q."""
-    if _on_host(matrix, "qr"):
-        return _like(np.linalg.qr(tl.to_numpy(matrix), mode="r"), matrix)
-    result = tl.qr(matrix, mode="r")
-    # NumPy and CuPy return R alone; PyTorch returns the pair (empty Q, R)
-    return result[1] if isinstance(result, tuple) else result
+    return _qr(matrix, mode="r")
 
 
 def thin_qr(matrix: Any) -> tuple[Any, Any]:
