@@ -68,14 +68,163 @@ def test_batches_are_drawn_once_per_step(backend):
         return objective(W)
 
     tf.integrate(batch_objective, start, lr=0.5, steps=6, tol=1e-3, batches=batches())
-    # six steps + one final evaluation; every gradient of step k used batch k
-    assert used == [0, 1, 2, 3, 4, 5, 6] and drawn == used
+    # six steps, then the final loss on the last step's batch; none drawn beyond
+    assert used == [0, 1, 2, 3, 4, 5, 5] and drawn == [0, 1, 2, 3, 4, 5]
     used.clear()
     drawn.clear()
     tf.integrate(
         batch_objective, start, method="bug", lr=0.5, steps=3, batches=batches()
     )
-    assert used == [0, 0, 1, 1, 2, 2, 3]  # BUG takes its two gradients on one batch
+    assert used == [0, 0, 1, 1, 2, 2, 2]  # BUG takes its two gradients on one batch
+    assert drawn == [0, 1, 2]
+
+
+def _strict(objective):
+    """A batch objective that rejects anything but a real batch (as most do)."""
+
+    def batch_objective(W, batch):
+        if not isinstance(batch, tuple):
+            raise TypeError(f"expected a (weight, offset) batch, got {batch!r}")
+        weight, offset = batch
+        value, grad = objective(W)
+        return weight * value + offset, weight * grad
+
+    return batch_objective
+
+
+def test_exactly_steps_batches_never_calls_the_objective_with_a_made_up_batch(
+    backend,
+):
+    objective, start = _problem()
+    batches = [(1.0, 0.0)] * 4 + [(0.5, 1.0)]  # the last step's batch is distinct
+    result = tf.integrate(
+        _strict(objective), start, lr=0.5, steps=5, tol=1e-6, batches=batches
+    )
+    history = result.history
+    assert result.steps == 5
+    assert len(history.loss) == len(history.ranks) == len(history.parameters) == 6
+    # the final point's loss is taken on the last step's batch
+    expected = 0.5 * objective.value(result.tucker.to_tensor()) + 1.0
+    assert history.loss[-1] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("batches", [[], [(1.0, 0.0)] * 3], ids=["empty", "unused"])
+def test_batches_without_a_step_record_no_loss(backend, batches):
+    objective, start = _problem()
+    iterator = iter(batches)
+    steps = 5 if not batches else 0
+    result = tf.integrate(
+        _strict(objective), start, lr=0.5, steps=steps, tol=1e-6, batches=iterator
+    )
+    assert result.steps == 0 and result.history.loss == []
+    assert result.history.ranks == [start.rank]
+    assert len(list(iterator)) == len(batches)  # nothing drawn
+
+
+@pytest.mark.parametrize("method", ["tdlrt", "bug"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_objective_failing_at_step_k_keeps_the_last_good_point(backend, method, k):
+    objective, start = _problem()
+    options = {"tol": 1e-6} if method == "tdlrt" else {}
+    evaluations_per_step = 2 if method == "bug" else 1
+    calls = []
+
+    def failing(W):
+        if len(calls) == k * evaluations_per_step:
+            raise KeyError("the data went away")
+        calls.append(1)
+        return objective(W)
+
+    with pytest.raises(tf.IntegrationError, match=rf"step {k}: the objective") as info:
+        tf.integrate(failing, start, method=method, lr=0.5, steps=10, **options)
+    assert "KeyError" in str(info.value) and "after" in str(info.value)
+    assert isinstance(info.value.__cause__, KeyError)
+    partial = info.value.result
+    reference = tf.integrate(
+        objective, start, method=method, lr=0.5, steps=k, **options
+    )
+    assert partial.steps == k
+    assert partial.history.ranks == reference.history.ranks
+    assert partial.history.loss == reference.history.loss[:k]  # one per completed step
+    np.testing.assert_allclose(
+        dense(partial.tucker), dense(reference.tucker), rtol=0, atol=0
+    )
+
+
+def test_objective_failing_at_the_final_point(backend):
+    objective, start = _problem()
+    calls = []
+
+    def failing(W):
+        calls.append(1)
+        if len(calls) == 4:  # three steps, then the final evaluation
+            raise RuntimeError("out of memory")
+        return objective(W)
+
+    with pytest.raises(
+        tf.IntegrationError, match=r"the final point \(after 3 steps\)"
+    ) as info:
+        tf.integrate(failing, start, lr=0.5, steps=3, tol=1e-6)
+    partial = info.value.result
+    assert partial.steps == 3 and len(partial.history.loss) == 3
+    assert len(partial.history.ranks) == 4
+
+
+def test_a_failing_step_after_step_0_is_an_integration_error(backend):
+    objective, start = _problem()
+    with pytest.raises(
+        tf.IntegrationError, match=r"step 2: tdlrt_step raised ValueError: lr must"
+    ) as info:
+        tf.integrate(
+            objective, start, lr=lambda k: 0.5 if k < 2 else -1.0, steps=5, tol=1e-6
+        )
+    assert info.value.result.steps == 2
+
+
+def test_a_failing_batches_iterable_after_step_0_is_an_integration_error(backend):
+    objective, start = _problem()
+
+    def batches():
+        yield (1.0, 0.0)
+        raise OSError("disk gone")
+
+    with pytest.raises(
+        tf.IntegrationError, match=r"step 1: the batches iterable raised OSError"
+    ) as info:
+        tf.integrate(
+            _strict(objective), start, lr=0.5, steps=5, tol=1e-6, batches=batches()
+        )
+    assert info.value.result.steps == 1
+
+
+def test_failures_at_step_0_propagate_unchanged(backend):
+    objective, start = _problem()
+
+    def failing(W):
+        raise KeyError("the data went away")
+
+    with pytest.raises(KeyError, match="the data went away"):
+        tf.integrate(failing, start, lr=0.5, steps=5, tol=1e-6)
+    with pytest.raises(ValueError, match=r"rank\[2\]=3 exceeds the augmented rank 2"):
+        tf.integrate(objective, start, lr=0.5, steps=5, rank=(2, 2, 3))
+
+
+def test_a_value_only_objective_after_step_0_is_an_integration_error(backend):
+    objective, start = _problem()
+    calls = []
+
+    def sometimes_value_only(W):
+        calls.append(1)
+        value, grad = objective(W)
+        return value if len(calls) == 3 else (value, grad)
+
+    with pytest.raises(
+        tf.IntegrationError,
+        match=r"step 2: the objective raised TypeError: objective "
+        r"must return a \(value, grad\) pair",
+    ) as info:
+        tf.integrate(sometimes_value_only, start, lr=0.5, steps=5, tol=1e-6)
+    assert info.value.result.steps == 2
 
 
 def test_value_fn_uses_pytorch_autodiff():
@@ -113,7 +262,7 @@ def test_non_finite_gradient_keeps_the_last_good_point(backend):
 
     calls = []
     with pytest.raises(
-        tf.IntegrationError, match="step 3: the gradient is not"
+        tf.IntegrationError, match="step 3: the gradient contains NaN or Inf"
     ) as info:
         tf.integrate(exploding, start, lr=0.5, steps=10, tol=1e-6)
     partial = info.value.result

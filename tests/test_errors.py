@@ -80,12 +80,57 @@ CASES = {
     "rank above mode size": (
         lambda: (tf.hosvd, (_dense(),), {"rank": (2, 9, 2)}),
         ValueError,
-        r"rank\[1\]=9 exceeds the mode size 6 of mode 1",
+        r"rank\[1\]=9 exceeds the mode size 6 of mode 1 \(shape \(5, 6, 7\)\): a mode "
+        r"of size 6 has rank at most 6; ask for rank\[1\] <= 6, or pass an int rank",
+    ),
+    "random_tucker rank above mode size": (
+        lambda: (tf.random_tucker, ((5, 6, 7), (2, 9, 2)), {}),
+        ValueError,
+        r"rank\[1\]=9 exceeds the mode size 6 of mode 1.*ask for rank\[1\] <= 6",
     ),
     "rank above current rank": (
         lambda: (tf.truncate, (_point(),), {"rank": (2, 3, 4)}),
         ValueError,
-        r"rank\[2\]=4 exceeds the current rank 3 of mode 2",
+        r"rank\[2\]=4 exceeds the current rank 3 of mode 2: truncation cannot "
+        r"increase a rank; ask for rank\[2\] <= 3",
+    ),
+    "step rank above the augmented rank": (
+        lambda: (tf.tdlrt_step, (_point(), _dense(), 0.1), {"rank": (2, 3, 7)}),
+        ValueError,
+        r"rank\[2\]=7 exceeds the augmented rank 6 of mode 2: the truncation after an "
+        r"augmented step \(or a retraction\) keeps at most the augmented basis, whose "
+        r"size is min\(2\*r_2, n_2\) = min\(2\*3, 7\) = 6 .*one step can at most "
+        r"double a rank; ask for rank\[2\] <= 6 in this step",
+    ),
+    "retraction rank above the augmented rank": (
+        lambda: (
+            tf.retract,
+            (_point(), tf.random_tangent(_point(), random_state=1)),
+            {"rank": (5, 3, 3)},
+        ),
+        ValueError,
+        r"rank\[0\]=5 exceeds the augmented rank 4 of mode 0.*min\(2\*2, 5\) = 4",
+    ),
+    "objective returns only a value": (
+        lambda: (
+            tf.integrate,
+            (lambda W: 0.5, _point()),
+            {"lr": 0.1, "steps": 1, "tol": 0.1},
+        ),
+        TypeError,
+        r"objective must return a \(value, grad\) pair -- the objective value and its "
+        r"Euclidean gradient .* got float 0.5; to differentiate a scalar function "
+        r"automatically instead, pass integrate\(None, \.\.\., value_fn=f\)",
+    ),
+    "objective returns (grad, value)": (
+        lambda: (
+            tf.integrate,
+            (lambda W: (W, 0.5), _point()),
+            {"lr": 0.1, "steps": 1, "tol": 0.1},
+        ),
+        TypeError,
+        r"objective must return \(value, grad\) with value a real scalar .* got "
+        r"numpy.ndarray of shape \(5, 6, 7\) as value; check the order",
     ),
     "rank wrong length": (
         lambda: (tf.hosvd, (_dense(),), {"rank": (2, 2)}),
@@ -281,3 +326,19 @@ def test_numpy_array_while_pytorch_is_active():
             TypeError, match=r"active TensorLy backend 'pytorch'.*numpy"
         ):
             tf.hosvd(np.ones((3, 4)))
+
+
+def test_numpy_gradient_while_pytorch_is_active():
+    """The driver names the wrong array type, as the steps do (not "not finite")."""
+
+    def numpy_objective(W):
+        return 0.0, np.zeros(tuple(W.shape))
+
+    with tf.use_backend("pytorch"):
+        with pytest.raises(
+            TypeError,
+            match=r"the gradient returned by objective must be a tensor of the active "
+            r"TensorLy backend 'pytorch', got numpy.ndarray; convert it with "
+            r"tl.tensor\(...\)",
+        ):
+            tf.integrate(numpy_objective, _point(), lr=0.1, steps=1, tol=0.1)

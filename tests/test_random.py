@@ -59,8 +59,31 @@ def test_float32_points(backend, dtype):
     assert Y.core.dtype == dtype and all(f.dtype == dtype for f in Y.factors)
 
 
-def test_scalar_rank_is_capped(backend):
-    assert tf.random_tucker((3, 8, 8), 5).rank == (3, 5, 5)
+@pytest.mark.parametrize(
+    "shape,rank,expected",
+    [
+        ((3, 8, 8), 5, (3, 5, 5)),  # capped at the mode size
+        ((2, 2, 10), 10, (2, 2, 4)),  # and at the product of the other mode sizes
+        ((4, 5, 6), 100, (4, 5, 6)),
+        ((4, 5, 6), 2, (2, 2, 2)),
+    ],
+)
+def test_int_rank_is_capped_per_mode_as_documented(backend, shape, rank, expected):
+    """An int r gives min(r, n_i, prod_{j != i} n_j) in mode i, an exact rank."""
+    Y = tf.random_tucker(shape, rank, random_state=0)
+    assert Y.rank == expected
+    assert [tuple(f.shape) for f in Y.factors] == list(zip(shape, expected))
+    for spectrum, r in zip(mode_spectra(dense(Y)), expected):
+        assert spectrum[r - 1] > 1e-8 * spectrum[0]
+
+
+def test_sequence_rank_above_a_mode_size_raises(backend):
+    with pytest.raises(
+        ValueError,
+        match=r"rank\[0\]=5 exceeds the mode size 3 of mode 0 \(shape \(3, 8, 8\)\).*"
+        r"ask for rank\[0\] <= 3, or pass an int rank, which is capped",
+    ):
+        tf.random_tucker((3, 8, 8), (5, 5, 5))
 
 
 @pytest.mark.parametrize("bad", [(4,), (4, 0, 3), "abc"])

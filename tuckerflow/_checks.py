@@ -188,13 +188,21 @@ def available_ranks(dims: Sequence[int]) -> tuple[int, ...]:
 
 
 def check_rank(
-    rank: Any, dims: Sequence[int], shape: Sequence[int], *, name: str = "rank"
+    rank: Any,
+    dims: Sequence[int],
+    shape: Sequence[int],
+    *,
+    name: str = "rank",
+    augmented_from: Sequence[int] | None = None,
 ) -> tuple[int, ...]:
     """Validate an explicit target rank against the available ``dims``.
 
     ``shape`` is the full tensor's shape (mode sizes) and ``dims`` the sizes of what is
     being truncated (the tensor itself, or a Tucker core). An int applies to every mode
     and is capped at what each mode offers; a sequence is taken literally and must fit.
+    ``augmented_from`` is the rank of the point before an augmented step (or a
+    retraction), when ``dims`` are the augmented sizes ``min(2 r_i, n_i)``: a rank above
+    them is then explained as the limit of one step.
     """
     order = len(dims)
     values, scalar = _per_mode(rank, order, name)
@@ -210,13 +218,19 @@ def check_rank(
         if value > shape[mode]:
             raise ValueError(
                 f"{label}={value} exceeds the mode size {shape[mode]} of mode {mode} "
-                f"(shape {tuple(shape)})"
+                f"(shape {tuple(shape)}): a mode of size {shape[mode]} has rank at "
+                f"most {shape[mode]}; ask for {label} <= {shape[mode]}, or pass an int "
+                "rank, which is capped at every mode's size"
+            )
+        if value > dims[mode] and augmented_from is not None:
+            raise ValueError(
+                _above_augmented(label, value, mode, dims, shape, augmented_from)
             )
         if value > dims[mode]:
             raise ValueError(
                 f"{label}={value} exceeds the current rank {dims[mode]} of mode "
-                f"{mode}: "
-                "truncation cannot increase a rank"
+                f"{mode}: truncation cannot increase a rank; ask for {label} <= "
+                f"{dims[mode]}"
             )
         if value > bound[mode]:
             raise ValueError(
@@ -226,6 +240,32 @@ def check_rank(
             )
         result.append(value)
     return tuple(result)
+
+
+def _above_augmented(
+    label: str,
+    value: int,
+    mode: int,
+    dims: Sequence[int],
+    shape: Sequence[int],
+    before: Sequence[int],
+) -> str:
+    """Why a step cannot reach ``value``: its augmented basis is only ``dims[mode]``."""
+    size, rank, limit = shape[mode], before[mode], dims[mode]
+    formula = (
+        f"min(2*{rank}, {size}) = {limit}"
+        if limit == min(2 * rank, size)
+        else f"{limit}"
+    )
+    return (
+        f"{label}={value} exceeds the augmented rank {limit} of mode {mode}: the "
+        "truncation after an augmented step (or a retraction) keeps at most the "
+        f"augmented basis, whose size is min(2*r_{mode}, n_{mode}) = {formula} for "
+        f"the current rank r_{mode}={rank} (the current basis plus at most as many "
+        "new directions), so one step can at most double a rank; ask for "
+        f"{label} <= {limit} in this step and raise it over the following steps, or "
+        "pass tol to let the ranks grow on their own"
+    )
 
 
 def check_rank_bounds(
@@ -278,6 +318,49 @@ def check_tol(tol: Any, relative: bool, *, name: str = "tol") -> float:
     if not relative and tol < 0.0:
         raise ValueError(f"{name} must be >= 0, got {tol}")
     return tol
+
+
+def _describe(value: Any) -> str:
+    """``numpy.ndarray of shape (3, 4)``, ``tuple of 3 items``, ``float 0.5``."""
+    kind = type(value)
+    if tl.is_tensor(value) or hasattr(value, "shape"):
+        return f"{kind.__module__}.{kind.__name__} of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"{kind.__name__} of {len(value)} items"
+    text = repr(value)
+    return f"{kind.__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def check_objective_output(output: Any, name: str = "objective") -> tuple[float, Any]:
+    """Validate what :func:`~tuckerflow.integrate`'s objective returned.
+
+    It must be a ``(value, grad)`` pair: a real scalar (a number or a one-element
+    tensor of any backend) and a tensor of the active backend. Returns
+    ``(float(value), grad)``; the gradient's shape, dtype and finiteness are left to
+    the caller and the step.
+    """
+    if not (isinstance(output, (tuple, list)) and len(output) == 2):
+        raise TypeError(
+            f"{name} must return a (value, grad) pair -- the objective value and its "
+            f"Euclidean gradient with respect to the full tensor -- got "
+            f"{_describe(output)}; to differentiate a scalar function automatically "
+            "instead, pass integrate(None, ..., value_fn=f) on the pytorch backend"
+        )
+    value, grad = output
+    number = None
+    if not isinstance(value, (str, bytes)):
+        try:
+            number = to_float(value) if tl.is_tensor(value) else float(value)
+        except (TypeError, ValueError):
+            number = None
+    if number is None:
+        raise TypeError(
+            f"{name} must return (value, grad) with value a real scalar (a number or "
+            f"a one-element tensor), got {_describe(value)} as value; check the order "
+            "of the pair"
+        )
+    check_tensor(grad, f"the gradient returned by {name}")
+    return number, grad
 
 
 def check_positive(value: Any, name: str) -> float:

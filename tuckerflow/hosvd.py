@@ -52,11 +52,13 @@ def check_rank_rule(
     min_rank: RankSpec,
     max_rank: RankSpec,
     budget: Any,
+    augmented_from: Sequence[int] | None = None,
 ) -> float | None:
     """Validate the rank-rule arguments before any computation; return ``tol``.
 
     ``dims`` are the sizes of what is truncated (tensor or core), ``shape`` the full
-    tensor's mode sizes.
+    tensor's mode sizes; ``augmented_from`` the rank before an augmented step, when
+    ``dims`` are the augmented sizes (see :func:`~tuckerflow._checks.check_rank`).
     """
     given = [
         name
@@ -68,7 +70,7 @@ def check_rank_rule(
             f"give at most one of rank, tol and budget, got {' and '.join(given)}"
         )
     if rank is not None:
-        check_rank(rank, dims, shape)
+        check_rank(rank, dims, shape, augmented_from=augmented_from)
     lows, _ = check_rank_bounds(min_rank, max_rank, dims, shape)
     if budget is not None:
         if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):

@@ -74,7 +74,11 @@ def random_tucker(
     shape : sequence of int
         Mode sizes ``(n_1, ..., n_d)``, ``d >= 2``.
     rank : int or sequence of int
-        Multilinear rank; needs ``r_i <= n_i`` and ``r_i <= prod_{j != i} r_j``.
+        Multilinear rank. A sequence is taken literally: it needs ``r_i <= n_i`` and
+        ``r_i <= prod_{j != i} r_j``. An int ``r`` asks for as much of ``r`` as every
+        mode offers: mode ``i`` gets ``min(r, n_i, prod_{j != i} n_j)``, which is
+        always a multilinear rank (e.g. ``random_tucker((3, 8, 8), 5)`` has rank
+        ``(3, 5, 5)`` and ``random_tucker((2, 2, 10), 10)`` rank ``(2, 2, 4)``).
     random_state : None, int or numpy.random.RandomState
     dtype : backend dtype, optional
         Default: float64 of the active backend.
@@ -90,6 +94,17 @@ def random_tucker(
     Returns
     -------
     TuckerTensor
+        Core of shape ``rank`` (after capping), factors of shapes ``(n_i, r_i)``.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` has fewer than 2 modes or a size that is not a positive int; if
+        ``rank`` is below 1, or is a sequence of the wrong length or with
+        ``r_i > n_i`` or ``r_i > prod_{j != i} r_j``; if ``singular_values`` has the
+        wrong length or a value that is not finite and positive.
+    TypeError
+        If ``shape`` is not a sequence, or ``rank`` not an int or a sequence of ints.
 
     Examples
     --------

@@ -99,6 +99,7 @@ def retract(
         min_rank=min_rank,
         max_rank=max_rank,
         budget=None,
+        augmented_from=tuple(tl.shape(core)),
     )
     return retract_unchecked(
         core,

@@ -97,6 +97,7 @@ def check_rule(
         min_rank=min_rank,
         max_rank=max_rank,
         budget=budget,
+        augmented_from=tuple(tl.shape(core)),
     )
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
-from .._checks import check_tucker
+from .._checks import check_objective_output, check_tucker
 from ..autodiff import value_and_grad
-from ..backend import is_finite, to_float
+from ..backend import is_finite
 from ..ranks import parameter_count
 from .bug import bug_step, parallel_bug_step
 from .rgd import rgd_step
@@ -31,19 +31,31 @@ METHODS = ("tdlrt", "parallel_bug", "bug", "rgd", "vanilla")
 class History:
     """What happened at every step.
 
+    Below, ``steps`` is the number of steps taken (:attr:`IntegrationResult.steps`).
+
     Attributes
     ----------
     loss : list of float
-        Objective at the start of every step, then at the final point
-        (``steps + 1`` entries).
+        Objective at the start of every step, then at the final point: one entry per
+        iterate, ``steps + 1`` in all, like ``ranks`` and ``parameters``. With
+        ``batches``, entry ``k`` is the objective on batch ``k``, the batch step ``k``
+        uses, and the final point's entry reuses the last step's batch (no batch is
+        drawn beyond one per step, and none is made up): ``loss[-2]`` and ``loss[-1]``
+        compare that batch before and after the last step. The final point's loss
+        is recorded as evaluated, even when it is not finite. With ``batches`` and no
+        step taken (``steps=0`` or an empty iterable) there is no batch to evaluate
+        on, and ``loss`` is empty. In the ``result`` of an :class:`IntegrationError`,
+        ``loss`` holds one entry per completed step, one fewer than ``ranks``: the
+        last good point's evaluation is the one that failed.
     ranks : list of tuple of int
-        Rank of every iterate, the initial one included.
+        Rank of every iterate, the initial one included (``steps + 1`` entries).
     parameters : list of int
-        ``prod(r) + sum(n_i r_i)`` of every iterate.
+        ``prod(r) + sum(n_i r_i)`` of every iterate (``steps + 1`` entries).
     time : list of float
-        Wall time of every step in seconds (gradient evaluations included).
+        Wall time of every step in seconds, gradient evaluations included (``steps``
+        entries).
     lr : list of float
-        Step size used at every step.
+        Step size used at every step (``steps`` entries).
     """
 
     loss: list[float] = dataclasses.field(default_factory=list)
@@ -68,7 +80,12 @@ class IntegrationResult:
 
 
 class IntegrationError(RuntimeError):
-    """A step failed; ``result`` holds everything up to the last good step."""
+    """A step failed; ``result`` holds everything up to the last good point.
+
+    ``result.tucker`` is the point after ``result.steps`` completed steps (the one at
+    which the failing evaluation or step started) and ``result.history`` the history
+    up to it. When the failure was an exception, it is chained as ``__cause__``.
+    """
 
     def __init__(self, message: str, result: IntegrationResult) -> None:
         super().__init__(message)
@@ -102,9 +119,11 @@ def integrate(
     Parameters
     ----------
     objective : callable or None
-        ``objective(tensor) -> (value, grad)`` on the active backend, with ``grad`` the
-        Euclidean gradient of the full tensor; ``objective(tensor, batch)`` when
-        ``batches`` is given. ``None`` with ``value_fn`` on an autodiff backend.
+        ``objective(tensor) -> (value, grad)`` on the active backend: ``value`` a real
+        scalar (a number or a one-element tensor), ``grad`` the Euclidean gradient of
+        the full tensor (same shape ``(n_1, ..., n_d)`` and dtype, a tensor of the
+        active backend); ``objective(tensor, batch)`` when ``batches`` is given.
+        ``None`` with ``value_fn`` on an autodiff backend.
     tucker0 : TuckerTensor or (core, factors)
         Starting point (orthonormal factors).
     method : {'tdlrt', 'parallel_bug', 'bug', 'rgd', 'vanilla'}
@@ -122,8 +141,10 @@ def integrate(
         ``value_fn(tensor[, batch]) -> scalar`` differentiated by the backend's
         autodiff (pytorch), used when ``objective`` is None.
     batches : iterable, optional
-        One item per step (e.g. a mini-batch). Every gradient of a step uses the same
-        item: TDLRT and parallel BUG need one gradient per step, BUG two.
+        One item per step (e.g. a mini-batch); no more are drawn, and stopping early
+        leaves the rest. Every gradient of a step uses the same item: TDLRT and
+        parallel BUG need one gradient per step, BUG two. The final point's loss is
+        taken on the last step's item (see :class:`History`).
     state : Momentum or Adam, optional
         Optimizer state for ``tdlrt`` and ``parallel_bug``.
     **method_options
@@ -137,8 +158,26 @@ def integrate(
     Raises
     ------
     IntegrationError
-        If the objective returns a non-finite value or gradient, or a step fails; its
-        ``result`` holds the last good point and the history so far.
+        If the objective returns a non-finite value or gradient at the start of a
+        step; or, once a step has completed, if the objective, the ``batches``
+        iterable, the ``lr`` schedule or a step raises (the exception is chained as
+        ``__cause__``). Its ``result`` holds the last good point and the history so
+        far.
+    TypeError
+        If the objective does not return a ``(value, grad)`` pair of a real scalar
+        and a tensor of the active backend (e.g. a NumPy gradient under pytorch), at
+        step 0. Before the first step completes nothing has been computed, so what
+        the objective or the step raises there propagates unchanged (e.g. the
+        step's ``ValueError`` for a ``rank`` it cannot reach).
+    ValueError
+        For an unknown ``method``, a negative ``steps``, ``tol`` with a fixed-rank
+        method, or ``state`` with a method that keeps none.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
 
     Examples
     --------
@@ -182,62 +221,98 @@ def integrate(
     bar = _progress_bar(steps) if progress else None
 
     def gradient_at(dense: Any, batch: Any) -> tuple[float, Any]:
-        value, grad = (
-            objective(dense) if batch_iter is None else objective(dense, batch)
-        )
-        return (to_float(value) if tl.is_tensor(value) else float(value)), grad
+        output = objective(dense) if batch_iter is None else objective(dense, batch)
+        return check_objective_output(output)
 
     def evaluate(point: Any, batch: Any) -> tuple[float, Any]:
         return gradient_at(tl.tucker_tensor.tucker_to_tensor(point), batch)
 
     def fail(message: str) -> IntegrationError:
+        done = len(history.time)
+        return IntegrationError(
+            f"{message}; error.result holds the point after {done} steps and the "
+            "history so far",
+            IntegrationResult(tucker, history, state),
+        )
+
+    def failed(error: Exception, where: str) -> IntegrationError:
+        """Re-raise ``error`` before any step completed; then wrap it.
+
+        Nothing is lost at step 0, and the caller's own exception (e.g. a step's
+        ValueError for a bad option) is the clearest report.
+        """
+        if not history.time:
+            raise error
+        return fail(f"{where} raised {type(error).__name__}: {error}")
+
+    batch = None
+    try:
+        for step in range(steps):
+            if batch_iter is not None:
+                try:
+                    batch = next(batch_iter)
+                except StopIteration:
+                    break
+                except Exception as error:
+                    raise failed(error, f"step {step}: the batches iterable") from error
+            start = time.perf_counter()
+            try:
+                value, grad = evaluate(tucker, batch)
+            except Exception as error:
+                raise failed(error, f"step {step}: the objective") from error
+            if not math.isfinite(value):
+                raise fail(f"step {step}: the objective value is {value}")
+            if not is_finite(grad):
+                raise fail(f"step {step}: the gradient contains NaN or Inf entries")
+            try:
+                rate = float(schedule(step))
+            except Exception as error:
+                raise failed(error, f"step {step}: the lr schedule") from error
+            try:
+                if method == "tdlrt":
+                    out = tdlrt_step(tucker, grad, rate, state=state, **options)
+                elif method == "parallel_bug":
+                    out = parallel_bug_step(tucker, grad, rate, state=state, **options)
+                elif method == "bug":
+
+                    def second_gradient(dense: Any, batch: Any = batch) -> Any:
+                        return gradient_at(dense, batch)[1]
+
+                    out = bug_step(
+                        tucker, grad, rate, grad_fn=second_gradient, **options
+                    )
+                elif method == "rgd":
+                    out = rgd_step(tucker, grad, rate, **options)
+                else:
+                    out = vanilla_step(tucker, grad, rate, **options)
+            except Exception as error:
+                raise failed(error, f"step {step}: {method}_step") from error
+            if state is not None:
+                tucker, state = out
+            else:
+                tucker = out
+            history.time.append(time.perf_counter() - start)
+            history.loss.append(value)
+            history.lr.append(rate)
+            _record_point(history, tucker)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3e}", ranks=str(history.ranks[-1]))
+            if callback is not None and callback(step, tucker, value):
+                break
+        if batch_iter is None or history.time:
+            # with batches: the last step's batch, never one made up or drawn extra
+            try:
+                final = evaluate(tucker, batch)[0]
+            except Exception as error:
+                where = (
+                    f"the final point (after {len(history.time)} steps): the objective"
+                )
+                raise failed(error, where) from error
+            history.loss.append(final)
+    finally:
         if bar is not None:
             bar.close()
-        return IntegrationError(message, IntegrationResult(tucker, history, state))
-
-    for step in range(steps):
-        try:
-            batch = next(batch_iter) if batch_iter is not None else None
-        except StopIteration:
-            break
-        start = time.perf_counter()
-        value, grad = evaluate(tucker, batch)
-        if not math.isfinite(value):
-            raise fail(f"step {step}: the objective value is {value}")
-        if not (tl.is_tensor(grad) and is_finite(grad)):
-            raise fail(f"step {step}: the gradient is not a finite tensor")
-        rate = float(schedule(step))
-        if method == "tdlrt":
-            out = tdlrt_step(tucker, grad, rate, state=state, **options)
-        elif method == "parallel_bug":
-            out = parallel_bug_step(tucker, grad, rate, state=state, **options)
-        elif method == "bug":
-
-            def second_gradient(dense: Any, batch: Any = batch) -> Any:
-                return gradient_at(dense, batch)[1]
-
-            out = bug_step(tucker, grad, rate, grad_fn=second_gradient, **options)
-        elif method == "rgd":
-            out = rgd_step(tucker, grad, rate, **options)
-        else:
-            out = vanilla_step(tucker, grad, rate, **options)
-        if state is not None:
-            tucker, state = out
-        else:
-            tucker = out
-        history.time.append(time.perf_counter() - start)
-        history.loss.append(value)
-        history.lr.append(rate)
-        _record_point(history, tucker)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.3e}", ranks=str(history.ranks[-1]))
-        if callback is not None and callback(step, tucker, value):
-            break
-    final_batch = next(batch_iter, None) if batch_iter is not None else None
-    history.loss.append(evaluate(tucker, final_batch)[0])
-    if bar is not None:
-        bar.close()
     return IntegrationResult(tucker, history, state)
 
 
