@@ -75,19 +75,36 @@ def run_one(study: Study, variant: str, seed: int, epochs: int, limit, runs) -> 
 
 
 def run_all(study: Study, args, variants, seeds, runs: pathlib.Path) -> None:
-    """Every missing run, ``args.jobs`` processes at a time (one thread each)."""
+    """Every missing run, ``args.jobs`` processes at a time (one thread each).
+
+    The data are loaded once first, so a missing data set stops the study here with
+    its install command. A run that fails stops the study with a non-zero exit once
+    the others have finished (finished runs are kept: a re-run skips them).
+    """
     todo = [
         (v, s)
         for v in variants
         for s in seeds
         if not (runs / f"{v}-seed{s}.json").exists()
     ]  # in the order of the variants: references come before their baselines
+    if todo:
+        study.load_data()  # raises MissingDataError before any run starts
+    failed: dict[tuple[str, int], str] = {}  # (variant, seed) -> why
     running: list[tuple[str, int, subprocess.Popen]] = []
+
+    def finish(variant: str, seed: int, process: subprocess.Popen) -> None:
+        if process.wait() != 0:
+            failed[variant, seed] = f"exit {process.returncode}"
+
     for variant, seed in todo:
         if variant in study.baselines:  # its seed's reference run must be complete
-            for other, other_seed, process in running:
-                if other_seed == seed and other not in study.baselines:
-                    process.wait()
+            for run in [r for r in running if r[1] == seed]:
+                if run[0] not in study.baselines:
+                    finish(*run)
+            broken = [v for v, s in failed if s == seed and v not in study.baselines]
+            if broken:
+                failed[variant, seed] = f"not run: {broken[0]} seed {seed} failed"
+                continue
         command = [
             sys.executable,
             str(study.script),
@@ -104,9 +121,16 @@ def run_all(study: Study, args, variants, seeds, runs: pathlib.Path) -> None:
             command += ["--limit", str(args.limit)]
         running.append((variant, seed, subprocess.Popen(command, cwd=HERE)))
         if len(running) >= args.jobs:
-            running.pop(0)[2].wait()
-    for _, _, process in running:
-        process.wait()
+            finish(*running.pop(0))
+    for run in running:
+        finish(*run)
+    if failed:
+        raise SystemExit(
+            f"{study.name}: {len(failed)} run(s) failed: "
+            + ", ".join(f"{v} seed {s} ({why})" for (v, s), why in failed.items())
+            + f"; their errors are printed above. Fix them and run again (the "
+            f"finished runs in {runs} are kept)"
+        )
 
 
 def layer_weight_counts(model, names) -> dict[str, int]:
@@ -177,6 +201,11 @@ def report(study: Study, runs: pathlib.Path, out_name: str, folder=None) -> None
                 ),
             }
         )
+    if not rows:
+        raise SystemExit(
+            f"{study.name}: no finished runs in {runs}: run the study first (--all "
+            "or --quick)"
+        )
     print(
         table(
             rows,
@@ -233,6 +262,17 @@ def plot(study: Study, rows, path: pathlib.Path) -> None:
 
 
 def main(study: Study, doc: str) -> None:
+    """The command line of a study; a missing data set exits 1 with its install
+    command (in every mode: ``--run``, ``--all``, ``--quick``)."""
+    from tuckerflow.datasets import MissingDataError
+
+    try:
+        _main(study, doc)
+    except MissingDataError as error:
+        raise SystemExit(f"{study.script.name}: {error}") from None
+
+
+def _main(study: Study, doc: str) -> None:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--run", choices=study.variants)
     parser.add_argument("--seed", type=int, default=0)

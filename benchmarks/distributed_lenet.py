@@ -83,6 +83,13 @@ def worker(args) -> None:
 def driver(args) -> None:
     from _common import save, table
 
+    from tuckerflow.datasets import MissingDataError, load_mnist
+
+    try:  # once here: a missing data set stops the study before torchrun starts
+        load_mnist()
+    except MissingDataError as error:
+        raise SystemExit(f"distributed_lenet.py: {error}") from None
+
     rows = []
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as folder:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from _common import save, table
 from _train import accuracy
 
-from tuckerflow.datasets import load_mnist
+from tuckerflow.datasets import MissingDataError, load_mnist
 from tuckerflow.nn import TDLRT, compression_report, tuckerize
 from tuckerflow.nn.models import MNIST_MEAN, MNIST_STD, pretrained_mnist_cnn
 
@@ -119,4 +119,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MissingDataError as error:  # MNIST or the pretrained CNN
+        raise SystemExit(f"pretrained_compression.py: {error}") from None

