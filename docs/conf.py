@@ -32,11 +32,22 @@ numpydoc_xref_param_type = False
 
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "generated/*.rst.bak", "figures"]
-html_theme = "alabaster"
+html_theme = "pydata_sphinx_theme"  # as NumPy and SciPy
+html_title = "tuckerflow"
 html_static_path = ["_static"]
+html_css_files = ["tuckerflow.css"]
 html_theme_options = {
-    "description": "Geometry-aware, rank-adaptive training of Tucker tensors",
-    "fixed_sidebar": True,
+    "logo": {"text": "tuckerflow"},
+    "navbar_align": "left",
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+    "secondary_sidebar_items": ["page-toc"],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version"],
+}
+# no left sidebar on the single pages: the tables get the width
+html_sidebars = {
+    page: [] for page in ("index", "getting_started", "concepts", "howto", "benchmarks")
 }
 
 
@@ -44,9 +55,12 @@ def _generate(app) -> None:
     """Build-time content: figures from real runs, tables from the result files."""
     import generate_benchmarks
     from figures import make_figures
+    from sphinx.util import logging
 
     make_figures.main(HERE / "_static" / "figures")
-    generate_benchmarks.write(HERE / "benchmark_tables.inc")
+    problems = generate_benchmarks.write(HERE / "benchmark_tables.inc")
+    for problem in problems:  # a warning: `sphinx-build -W` (tox -e docs) fails
+        logging.getLogger(__name__).warning(problem)
 
 
 def setup(app):

@@ -1,0 +1,178 @@
+"""The Benchmarks page (``docs/generate_benchmarks.py``): readable, fitting, current.
+
+For every committed result file: the table's headers are short names (no raw JSON
+key), the table fits the page (column count and a character-width bound), the study's
+plot is on the page when it exists, and the summary's numbers are read from the JSON
+(changing the JSON changes the page; a summary that no longer matches is reported,
+which fails ``sphinx-build -W``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import re
+import shutil
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location(
+        "generate_benchmarks", ROOT / "docs" / "generate_benchmarks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+gb = _load()
+FILES = gb.result_files()
+
+
+def list_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """(headers, rows) of every list-table in reStructuredText from the generator."""
+    tables = []
+    for block in re.split(r"\n\.\. list-table::\n", text)[1:]:
+        rows: list[list[str]] = []
+        for line in block.split("\n\n", 2)[1].splitlines():
+            if line.startswith("   * - "):
+                rows.append([line[7:]])
+            elif line.startswith("     - "):
+                rows[-1].append(line[7:])
+        tables.append((rows[0], rows[1:]))
+    return tables
+
+
+def _constant(rows):
+    return gb.table_columns(rows)[1]
+
+
+def rendered(path: pathlib.Path) -> str:
+    text, problems = gb.render(path.stem, json.loads(path.read_text()), None)
+    assert problems == []
+    return text
+
+
+def test_there_are_results_to_render():
+    assert {"lenet_compression", "ill_conditioning"} <= {p.stem for p in FILES}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_headers_are_short_names_not_json_keys(path):
+    payload = json.loads(path.read_text())
+    keys = {key for row in payload.get("rows", []) for key in row}
+    ((headers, rows),) = list_tables(rendered(path))
+    for head in headers:
+        assert "_" not in head, f"raw JSON key {head!r} as a header"
+    study = gb.STUDIES.get(path.stem)
+    shown = study.rows(payload) if study and study.rows else payload["rows"]
+    columns, _ = gb.table_columns(shown, study.columns if study else ())
+    for key in keys & {*columns, *_constant(shown)}:  # raw keys that are shown
+        assert key in gb.HEADERS, f"no short header for the JSON key {key!r}"
+    for row in rows:
+        for cell in row:  # per-layer dicts are summarised, not dumped
+            assert "{" not in cell and "':" not in cell, cell
+
+
+def test_mean_and_std_are_one_column():
+    path = RESULTS / "lenet_compression.json"
+    text = rendered(path)
+    assert "converged_accuracy_std" not in text and "accuracy_std" not in text
+    ((headers, rows),) = list_tables(text)
+    column = headers.index("acc. % (mean ± std)")
+    payload = json.loads(path.read_text())
+    full = next(r for r in payload["rows"] if r["variant"] == "full")
+    cell = next(r[column] for r in rows if r[0] == "full")
+    assert cell == f"{full['accuracy_mean']:.2f} ± {full['accuracy_std']:.2f}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_table_fits_the_page(path):
+    ((headers, rows),) = list_tables(rendered(path))
+    assert len(headers) <= gb.MAX_COLUMNS, headers
+    width = gb.table_width(headers, rows)
+    assert width <= gb.MAX_WIDTH, f"{path.stem}: {width} characters wide"
+
+
+def test_table_width_bound_can_fail():
+    wide = [{f"column_{i}": "x" * 20 for i in range(9)}]
+    headers, cells, _ = gb.table(wide)
+    assert len(headers) > gb.MAX_COLUMNS
+    assert gb.table_width(headers, cells) > gb.MAX_WIDTH
+
+
+def test_every_plot_is_on_the_page():
+    text, problems = gb.generate()
+    assert problems == []
+    pngs = [p for p in FILES if p.with_suffix(".png").exists()]
+    assert pngs, "no study saved a plot"
+    for path in FILES:
+        directive = f".. figure:: ../benchmarks/results/{path.stem}.png"
+        assert (directive in text) == (path in pngs), path.stem
+    for image in re.findall(r"\.\. figure:: (\S+)", text):  # resolvable from docs/
+        assert (ROOT / "docs" / image).resolve().is_file(), image
+
+
+def test_every_study_says_claim_and_where_we_lose():
+    text, _ = gb.generate()
+    sections = text.split(".. _bench-")[1:]
+    assert len(sections) == len(FILES)
+    for path, section in zip(FILES, sections):
+        if path.stem in gb.STUDIES:
+            assert "**Claim" in section and "Where we lose" in section, path.stem
+
+
+def _copy(tmp_path, stem):
+    shutil.copy(RESULTS / f"{stem}.json", tmp_path / f"{stem}.json")
+    return tmp_path / f"{stem}.json"
+
+
+def test_summary_numbers_come_from_the_json(tmp_path):
+    target = _copy(tmp_path, "lenet_compression")
+    payload = json.loads(target.read_text())
+    for row in payload["rows"]:
+        if row["variant"] == "full":
+            row["accuracy_mean"], row["weights_mean"] = 12.345, 987_654.0
+    target.write_text(json.dumps(payload))
+    text, problems = gb.generate(tmp_path)
+    assert problems == []
+    claim = next(line for line in text.splitlines() if "**Claim.**" in line)
+    assert "987,654" in claim and "(12.35 ± " in claim
+
+
+def test_a_stale_summary_is_reported(tmp_path):
+    target = _copy(tmp_path, "lenet_compression")
+    payload = json.loads(target.read_text())
+    for row in payload["rows"]:
+        row["variant"] = row["variant"].replace("full", "dense")
+    target.write_text(json.dumps(payload))
+    text, problems = gb.generate(tmp_path)
+    assert len(problems) == 1 and "lenet_compression" in problems[0]
+    assert ".. list-table::" in text  # the table is still shown
+
+
+def test_quick_results_and_unknown_studies(tmp_path):
+    (tmp_path / "lenet_compression_quick.json").write_text('{"rows": [{"a": 1}]}')
+    (tmp_path / "new_study.json").write_text(
+        '{"rows": [{"wall_ms": 1.5, "ranks": {"a": [1, 2], "b": [3, 4]}}]}'
+    )
+    text, problems = gb.generate(tmp_path)
+    assert problems == [] and "quick" not in text
+    ((headers, rows),) = list_tables(text)
+    assert headers == ["wall ms", "ranks per layer"]
+    assert rows == [["1.50", "1\N{MULTIPLICATION SIGN}2 / 3\N{MULTIPLICATION SIGN}4"]]
+
+
+def test_framing_text_holds_no_numbers():
+    """Numbers belong in the summaries, computed from the JSON, never typed."""
+    allowed = re.compile(r"LeNet-5|MiniLM-L6|Figure 2|Conv2d")
+    for stem, study in gb.STUDIES.items():
+        for text in (study.title, study.framing, study.caption, study.legend):
+            assert not re.search(r"\d", allowed.sub("", text)), (stem, text)
