@@ -1,4 +1,4 @@
-"""A global parameter budget (THEORY.md section 7): never exceeded, equivalent to
+"""A global parameter budget (docs/concepts.rst): never exceeded, equivalent to
 tol = 0 when it is large enough, per-layer bounds respected, deterministic."""
 
 from __future__ import annotations

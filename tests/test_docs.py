@@ -49,3 +49,37 @@ def test_code_blocks_run(page, capsys):
                 f"{page.name}, block {number} failed:\n{block}"
             ) from error
     capsys.readouterr()
+
+
+def test_concepts_page_holds_the_properties_the_tests_cite():
+    """Test modules and docstrings point to P1-P8 and the step on the concepts page."""
+    text = (DOCS / "concepts.rst").read_text()
+    for label in (
+        "p1-projection",
+        "p2-exactness",
+        "p3-descent",
+        "p4-robustness",
+        "p5-approximation",
+        "p6-convergence",
+        "p7-backends",
+        "p8-invariants",
+        "tdlrt-step",
+        "tolerance",
+        "parameter-budget",
+    ):
+        assert f"\n.. _{label}:\n" in text, label
+    assert ".. math::" in text and "[TDLRT24]_" in text
+
+
+def test_nothing_points_to_the_private_notes():
+    """The mathematics is in docs/concepts.rst, not in a file outside the repo."""
+    root = DOCS.parent
+    private = "THEORY" + ".md"
+    files = [root / "README.md"] + [
+        path
+        for folder in ("tuckerflow", "tests", "docs", "examples", "benchmarks")
+        for path in (root / folder).rglob("*")
+        if path.suffix in {".py", ".rst", ".md"} and "_build" not in path.parts
+    ]
+    offenders = [str(p.relative_to(root)) for p in files if private in p.read_text()]
+    assert offenders == []

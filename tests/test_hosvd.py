@@ -1,4 +1,4 @@
-"""Truncated HOSVD and Tucker re-truncation (THEORY.md section 1).
+"""Truncated HOSVD and Tucker re-truncation (docs/concepts.rst, first section).
 
 Tolerances: an SVD is backward stable, so the subspace it returns captures the tensor up
 to ``c * eps * ||W||`` regardless of conditioning; we allow ``c = 100 d``. Comparisons

@@ -1,4 +1,4 @@
-"""P1: the tangent-space projection is an orthogonal projector (THEORY.md 2, 6).
+"""P1: the tangent-space projection is an orthogonal projector (docs/concepts.rst).
 
 Rounding: the factor components are ``(I - UU^T) A pinv(C_(i))``, so the error of a
 projection is about ``eps * kappa * ||Z||`` with ``kappa`` the largest condition number

@@ -1,7 +1,7 @@
 """Basis-update & Galerkin (BUG) variants: fixed rank, and parallel rank-adaptive.
 
 Both reuse the TDLRT pieces: the QR reparametrization, the K-step, the lift and the
-truncation (THEORY.md section 5, variants).
+truncation (docs/concepts.rst, section 'Variants').
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def rgd_step(
       (Koch and Lubich, 2010): ``C - lr dC`` and ``U_i - lr dU_i``, orthonormalized by
       QR with ``R`` absorbed into the core. Its second-order term is a product of
       ``dU`` terms, ``O((lr ||xi|| / sigma_min)^2)``: it breaks down on ill-conditioned
-      cores (THEORY.md P4).
+      cores (P4 in the docs' concepts page).
 
     Parameters
     ----------

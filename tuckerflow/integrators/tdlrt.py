@@ -1,4 +1,4 @@
-"""The TDLRT rank-adaptive step (THEORY.md section 5), in one place."""
+"""The TDLRT rank-adaptive step (docs/concepts.rst, 'The TDLRT step'), in one place."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def vanilla_step(tucker: Any, grad: Any, lr: float) -> TuckerTensor:
     ``U_i1 = U_i - lr * unfold(G ×_{j != i} U_j^T, i) unfold(C, i)^T``, all from the
     same point. The factors lose orthonormality, the rank never changes, and the
     effective step along a direction scales with the core's singular values squared,
-    so directions with small singular values barely move (THEORY.md section 3).
+    so directions with small singular values barely move (docs/concepts.rst).
 
     Parameters
     ----------
