@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,7 +23,9 @@ from tuckerflow.nn import (  # noqa: E402
     trainable_parameters,
     tuckerize,
 )
-from tuckerflow.nn.models import LeNet5  # noqa: E402
+from tuckerflow.nn.models import LeNet5, SmallVGG  # noqa: E402
+
+DENSE_KINDS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def test_tuckerize_replaces_in_place_and_keeps_the_function():
@@ -27,7 +33,8 @@ def test_tuckerize_replaces_in_place_and_keeps_the_function():
     model = LeNet5()
     x = torch.randn(5, 1, 28, 28)
     before = model(x)
-    same = tuckerize(model, tol=0.0)  # full HOSVD: exact
+    with pytest.warns(UserWarning, match="store more weights than the dense"):
+        same = tuckerize(model, tol=0.0, cap_at_dense=False)  # full HOSVD: exact
     assert same is model
     assert all(
         isinstance(m, TuckerLayer)
@@ -119,7 +126,7 @@ def test_adapters_start_at_the_base_model_and_train_only_the_delta(capsys):
 
 
 def test_adapter_targets_must_match():
-    with pytest.raises(ValueError, match="match no Linear/Conv module"):
+    with pytest.raises(ValueError, match="entry 'attention' matches no module"):
         add_tucker_adapters(_Tiny(), ["attention"], verbose=False)
 
 
@@ -132,3 +139,287 @@ def test_factorized_adapter_equals_dense_adapter():
     fact.implementation = "factorized"
     x = torch.randn(3, 6)
     torch.testing.assert_close(fact(x), dense(x))
+
+
+# ---------------------------------------------------------------- skip = subtrees
+class _Outer(nn.Module):
+    """LeNet-5 one level down, next to a layer of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = LeNet5()
+        self.head = nn.Linear(10, 3)
+
+
+def _convertible(model):
+    return [n for n, m in model.named_modules() if type(m) in DENSE_KINDS]
+
+
+def _under(name, prefix):
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize(
+    "make, skip, kept",
+    [
+        (LeNet5, "classifier", "classifier"),  # the README's call
+        (SmallVGG, "features", "features"),
+        (_Outer, "classifier", "backbone.classifier"),  # dotted suffix of a container
+        (_Outer, "backbone.feat*", "backbone.features"),  # glob on a container
+        (_Outer, "backbone", "backbone"),
+        (_Outer, LeNet5, "backbone"),  # a type: all layers of every such block
+    ],
+)
+def test_skipping_a_container_keeps_every_layer_inside_it_dense(make, skip, kept):
+    torch.manual_seed(0)
+    model = make()
+    names = _convertible(model)
+    inside = [n for n in names if _under(n, kept)]
+    assert inside and len(inside) < len(names)  # the case is not trivial
+    tuckerize(model, rank=2, skip=(skip,))
+    for name in names:
+        module = model.get_submodule(name)
+        if name in inside:
+            assert type(module) in DENSE_KINDS, name
+        else:
+            assert isinstance(module, TuckerLayer), name
+
+
+def test_skip_selects_subtrees_by_whole_name_parts_not_by_string_prefix():
+    model = SmallVGG()  # features.1 is a BatchNorm, features.10 a convolution
+    tuckerize(model, rank=2, skip=("features.1",))
+    assert isinstance(model.features[10], TuckerConv2d)
+    assert type(model.features[1]) is nn.BatchNorm2d
+
+
+def test_skip_errors_leave_the_model_untouched():
+    model = LeNet5()
+    before = list(model.named_modules())
+    with pytest.raises(TypeError, match="skip entries must be module names or types"):
+        tuckerize(model, skip=(3,))
+    with pytest.raises(ValueError, match=r"skip entry 'clasifier' matches no module"):
+        tuckerize(model, skip=("clasifier",))
+    with pytest.raises(TypeError, match="cap_at_dense must be True or False"):
+        tuckerize(model, cap_at_dense="yes")
+    # the linear layers reject a 4-mode rank after the convolutions accepted it
+    with pytest.raises(ValueError, match="rank must have one entry per mode"):
+        tuckerize(model, rank=(4, 1, 5, 5))
+    assert list(model.named_modules()) == before
+
+
+class _Blocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+        self.norm = nn.LayerNorm(6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(self.norm(self.block(x)))
+
+
+def test_an_adapter_target_naming_a_container_adapts_every_layer_inside():
+    torch.manual_seed(0)
+    model = _Blocks()
+    x = torch.randn(4, 6)
+    before = model(x).detach()
+    add_tucker_adapters(model, ["block"], rank=2, verbose=False)
+    assert isinstance(model.block[0], TuckerLinear)
+    assert isinstance(model.block[2], TuckerLinear)
+    assert type(model.out) is nn.Linear
+    torch.testing.assert_close(model(x), before)
+    # overlapping entries are fine: each selects something
+    add_tucker_adapters(_Blocks(), ["out", "o*"], verbose=False)
+
+
+def test_adapter_targets_that_adapt_nothing_are_errors_and_change_nothing():
+    model = _Blocks()
+    before = list(model.named_modules())
+    with pytest.raises(ValueError, match=r"\['norm'\] select no Linear/Conv module"):
+        add_tucker_adapters(model, ["out", "norm"], verbose=False)
+    with pytest.raises(ValueError, match="entry 'blok' matches no module"):
+        add_tucker_adapters(model, ["out", "blok"], verbose=False)
+    with pytest.raises(TypeError, match="target_modules entries must be"):
+        add_tucker_adapters(model, [None], verbose=False)
+    # the third target rejects the rank after the first two accepted it
+    with pytest.raises(ValueError, match="rank must have one entry per mode"):
+        add_tucker_adapters(
+            nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Conv2d(4, 4, 3)),
+            [nn.Linear, nn.Conv2d],
+            rank=(2, 2),
+            verbose=False,
+        )
+    assert list(model.named_modules()) == before
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_adapter_errors_leave_even_the_accepted_layers_untouched():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(4, 4, 3))
+    with pytest.raises(ValueError, match="rank must have one entry per mode"):
+        add_tucker_adapters(model, ["0", "1"], rank=(2, 2), verbose=False)
+    assert type(model[0]) is nn.Linear and type(model[1]) is nn.Conv2d
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ------------------------------------------------------- never larger than dense
+def _np_hosvd_error(weight, rank):
+    """Relative error of the truncated HOSVD at ``rank``, in float64 NumPy."""
+    w = np.asarray(weight, dtype=np.float64)
+    approx = w
+    for mode, r in enumerate(rank):
+        unfolding = np.moveaxis(w, mode, 0).reshape(w.shape[mode], -1)
+        basis = np.linalg.svd(unfolding, full_matrices=False)[0][:, :r]
+        projected = np.tensordot(basis @ basis.T, approx, axes=([1], [mode]))
+        approx = np.moveaxis(projected, 0, mode)
+    return np.linalg.norm(w - approx) / np.linalg.norm(w)
+
+
+def _stored(shape, rank):
+    return math.prod(rank) + sum(n * r for n, r in zip(shape, rank))
+
+
+def _error(layer, weight):
+    with torch.no_grad():
+        return float((layer.weight - weight).norm() / weight.norm())
+
+
+def _dense_layers(model):
+    return {n: m for n, m in model.named_modules() if type(m) in DENSE_KINDS}
+
+
+def test_the_readme_call_never_stores_more_than_the_dense_model():
+    torch.manual_seed(0)
+    model = LeNet5()
+    dense = {n: m.weight.detach().clone() for n, m in _dense_layers(model).items()}
+    uncapped = {
+        n: (TuckerConv2d if m.weight.dim() == 4 else TuckerLinear).from_dense(
+            m, tol=0.1
+        )
+        for n, m in _dense_layers(model).items()
+        if not n.startswith("classifier")
+    }
+    # without the cap both convolutions would grow
+    too_big = [n for n, t in uncapped.items() if t.parameter_count() > dense[n].numel()]
+    assert too_big == ["features.0", "features.3"]
+    with pytest.warns(UserWarning, match="capped the ranks of 2 layer") as record:
+        tuckerize(model, tol=0.1, skip=("classifier",))
+    report = compression_report(model)
+    assert [row["name"] for row in report.rows] == ["features.0", "features.3"]
+    message = str(record[0].message)
+    for row in report.rows:
+        name, rank = row["name"], row["rank"]
+        assert row["parameters"] == _stored(row["shape"], rank)
+        assert row["parameters"] <= row["dense_parameters"] == dense[name].numel()
+        assert rank[2:] == (5, 5)  # the kernel modes stay full
+        before = uncapped[name]
+        assert f"{name}: rank {before.rank} -> {rank}" in message
+        assert f"{before.parameter_count():,} -> {row['parameters']:,}" in message
+        # the capped layer is the truncated HOSVD of the dense weight at its ranks
+        layer = model.get_submodule(name)
+        error = _error(layer, dense[name])
+        expected = _np_hosvd_error(dense[name].numpy(), rank)
+        assert error == pytest.approx(expected, rel=1e-4)
+        assert f"relative error {_error(before, dense[name]):.3g} -> " in message
+        assert f"-> {error:.3g}" in message
+    assert report.compressed <= report.dense and "no compression" not in str(report)
+
+
+def test_the_cap_keeps_the_ranks_of_least_hosvd_error():
+    # exhaustive search over every pair of channel ranks that fits the dense size
+    torch.manual_seed(0)
+    model = LeNet5()
+    weights = {
+        n: m.weight.detach().numpy().copy() for n, m in _dense_layers(model).items()
+    }
+    with pytest.warns(UserWarning, match="capped the ranks"):
+        tuckerize(model, tol=0.1)
+    for name in ("features.0", "features.3"):
+        w = weights[name]
+        candidates = [
+            (a, b, *w.shape[2:])
+            for a in range(1, w.shape[0] + 1)
+            for b in range(1, w.shape[1] + 1)
+            if _stored(w.shape, (a, b, *w.shape[2:])) <= w.size
+        ]
+        best = min(_np_hosvd_error(w, r) for r in candidates)
+        got = _np_hosvd_error(w, model.get_submodule(name).rank)
+        assert got <= best * (1 + 1e-6), (name, got, best)
+    for name in ("classifier.1", "classifier.3"):
+        # a matrix: equal ranks (Eckart-Young), the largest that fits
+        r0, r1 = model.get_submodule(name).rank
+        shape = weights[name].shape
+        assert r0 == r1
+        assert _stored(shape, (r0, r0)) <= weights[name].size
+        assert _stored(shape, (r0 + 1, r0 + 1)) > weights[name].size
+
+
+@pytest.mark.parametrize(
+    "how",
+    [{"tol": 0.1}, {"rank": 16}, {}, {"budget": 10**7}, {"tol": 0.0, "init": "random"}],
+)
+def test_every_way_of_choosing_ranks_is_capped_at_the_dense_size(how):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = tuckerize(LeNet5(), **how)
+    rows = compression_report(model).rows
+    assert len(rows) == 4
+    for row in rows:
+        assert row["parameters"] <= row["dense_parameters"], row
+
+
+def test_opting_out_keeps_the_old_ranks_and_warns_with_the_numbers():
+    torch.manual_seed(0)
+    model = LeNet5()
+    reference = {
+        n: (TuckerConv2d if m.weight.dim() == 4 else TuckerLinear).from_dense(
+            m, tol=0.1
+        )
+        for n, m in _dense_layers(model).items()
+    }
+    with pytest.warns(UserWarning, match="store more weights than the dense") as record:
+        tuckerize(model, tol=0.1, cap_at_dense=False)
+    assert len(record) == 1
+    message = str(record[0].message)
+    report = compression_report(model)
+    for row in report.rows:
+        ref = reference[row["name"]]
+        layer = model.get_submodule(row["name"])
+        assert layer.rank == ref.rank
+        torch.testing.assert_close(layer.weight, ref.weight)
+        if ref.parameter_count() > ref.dense_parameter_count():
+            assert (
+                f"{row['name']}: rank {ref.rank} stores {ref.parameter_count():,} "
+                f"weights, the dense weight {ref.dense_parameter_count():,}"
+            ) in message
+    total = sum(r.parameter_count() for r in reference.values())
+    assert report.compressed == total > report.dense
+    text = str(report)
+    assert report.compression < 0
+    assert f"no compression: {total / report.dense:.2f} times the dense" in text
+    assert f"{-report.compression:.2%} more" in text
+    for name, ref in reference.items():
+        count, dense = ref.parameter_count(), ref.dense_parameter_count()
+        assert (f"{name} ({count:,} > {dense:,})" in text) == (count > dense)
+
+
+def test_a_layer_too_thin_to_compress_is_converted_and_reported():
+    model = nn.Sequential(nn.Linear(1, 8), nn.Linear(8, 8))
+    with pytest.warns(UserWarning, match="1 Tucker layer") as record:
+        tuckerize(model, rank=1)
+    smallest = _stored((8, 1), (1, 1))
+    assert smallest > 8
+    assert model[0].rank == (1, 1)
+    message = str(record[0].message)
+    assert f"0: rank (1, 1) stores {smallest:,} weights, the dense weight 8" in message
+    assert "no ranks fit" in message and "skip=" in message
+    assert "\n  1: " not in message  # the 8 x 8 layer fits
+
+
+def test_no_warning_when_nothing_exceeds_the_dense_size():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = tuckerize(LeNet5(), rank=4)
+    report = compression_report(model)
+    assert all(r["parameters"] <= r["dense_parameters"] for r in report.rows)
+    assert "store more weights" not in str(report)

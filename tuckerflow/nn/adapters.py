@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convert import _matches, _parent
+from .convert import _parent, _select
 from .layers import DENSE_TO_TUCKER, TuckerLayer, build_like
 
 __all__ = ["add_tucker_adapters", "merge_adapters", "trainable_parameters"]
@@ -38,7 +38,10 @@ def add_tucker_adapters(
     model : nn.Module
     target_modules : iterable of str or type
         Names (exact, glob, or dotted suffix such as ``"query"``) or types of the
-        modules to adapt; every other parameter is frozen.
+        modules to adapt; every other parameter is frozen. An entry that matches a
+        container adapts every Linear/Conv module inside it (``"encoder.layer.0"``
+        adapts all of that block's layers), as ``skip`` does in
+        :func:`~tuckerflow.nn.tuckerize`.
     rank : int or sequence, default 4
         Initial adapter rank (an int applies to the adaptive modes).
     max_rank : int or sequence, optional
@@ -54,25 +57,50 @@ def add_tucker_adapters(
     -------
     nn.Module
         ``model`` itself, modified.
+
+    Raises
+    ------
+    TypeError
+        If an entry of ``target_modules`` is neither a str nor a type.
+    ValueError
+        If ``target_modules`` is empty, a name in it matches no module (usually a
+        typo; the message lists the module names), or an entry selects no Linear/Conv
+        module (neither the module it matches nor anything inside it). The model is
+        left untouched.
+
+    References
+    ----------
+    .. [1] E. J. Hu, Y. Shen, P. Wallis, Z. Allen-Zhu, Y. Li, S. Wang, L. Wang,
+       W. Chen, "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022.
+    .. [2] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
     """
     if max_rank is None and isinstance(rank, int) and not isinstance(rank, bool):
         max_rank = 2 * rank
     targets = tuple(target_modules)
     if not targets:
         raise ValueError("target_modules is empty")
+    selected = _select(model, targets, "target_modules")
     matched = [
         (name, module)
         for name, module in model.named_modules()
-        if type(module) in DENSE_TO_TUCKER and _matches(name, module, targets)
+        if type(module) in DENSE_TO_TUCKER and name in selected
     ]
-    if not matched:
+    useless = [
+        entry
+        for entry in targets
+        if not any(entry in selected[name] for name, _ in matched)
+    ]
+    if useless:
         kinds = sorted({type(m).__name__ for m in model.modules()})
         raise ValueError(
-            f"target_modules {targets} match no Linear/Conv module (module types in "
-            f"the model: {kinds})"
+            f"target_modules entries {useless} select no Linear/Conv module (neither "
+            f"the modules they match nor anything inside them); module types in the "
+            f"model: {kinds}"
         )
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+    # build every adapter before touching the model: a rejected option changes nothing
+    adapters = []
     for name, module in matched:
         cls = DENSE_TO_TUCKER[type(module)]
         weight = module.weight.detach()
@@ -87,7 +115,10 @@ def add_tucker_adapters(
             offset=weight,
             zero_core=True,
         )
-        adapter = build_like(cls, module, **options)
+        adapters.append((name, build_like(cls, module, **options)))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for name, adapter in adapters:
         if adapter.bias is not None:
             adapter.bias.requires_grad_(False)
         parent, child = _parent(model, name)

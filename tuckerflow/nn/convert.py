@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 
 from .layers import DENSE_TO_TUCKER, TuckerLayer
@@ -19,6 +20,8 @@ INITS = ("pretrained", "random")
 
 
 def _matches(name: str, module: nn.Module, entries: Iterable[Any]) -> Any:
+    """The first entry naming ``module`` itself (exact name, glob pattern, dotted
+    suffix, or type), or None; descendants are handled by :func:`_select`."""
     for entry in entries:
         if isinstance(entry, type) and isinstance(module, entry):
             return entry
@@ -29,6 +32,56 @@ def _matches(name: str, module: nn.Module, entries: Iterable[Any]) -> Any:
         ):
             return entry
     return None
+
+
+def _select(model: nn.Module, entries: Iterable[Any], keyword: str) -> dict[str, Any]:
+    """Modules chosen by ``entries`` (``skip`` or ``target_modules``), with subtrees.
+
+    An entry (exact name, glob pattern, dotted suffix, or type) that matches a module
+    selects the module and every descendant of it, so naming a container such as
+    ``"classifier"`` selects all its layers (name-prefix semantics, as in PEFT).
+
+    Returns
+    -------
+    dict
+        ``{module name: the entries that match it or one of its ancestors}``.
+
+    Raises
+    ------
+    TypeError
+        If an entry is neither a str nor a type.
+    ValueError
+        If a str entry matches no module of the model (usually a typo).
+    """
+    entries = tuple(entries)
+    for entry in entries:
+        if not isinstance(entry, (str, type)):
+            raise TypeError(
+                f"{keyword} entries must be module names or types, got {entry!r}"
+            )
+    modules = list(model.named_modules())
+    direct: dict[str, list[Any]] = {}
+    for entry in entries:
+        hits = [name for name, module in modules if _matches(name, module, (entry,))]
+        if isinstance(entry, str) and not hits:
+            raise ValueError(
+                f"{keyword} entry {entry!r} matches no module of the model; its "
+                f"modules are {[n for n, _ in modules if n][:20]}"
+            )
+        for name in hits:
+            direct.setdefault(name, []).append(entry)
+    selected = {}
+    for name, _ in modules:
+        # the module itself and its ancestors ("" is the root)
+        parts = name.split(".") if name else []
+        found = [
+            entry
+            for depth in range(len(parts) + 1)
+            for entry in direct.get(".".join(parts[:depth]), ())
+        ]
+        if found:
+            selected[name] = tuple(found)
+    return selected
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -52,8 +105,15 @@ def tuckerize(
     adaptive_modes: Any = None,
     budget: int | None = None,
     budget_criterion: str = "tolerance",
+    cap_at_dense: bool = True,
 ) -> nn.Module:
     """Replace ``nn.Linear`` and ``nn.Conv1d/2d/3d`` modules by Tucker layers, in place.
+
+    A weight of shape ``(n_1, ..., n_d)`` (``(out, in)`` for a linear layer,
+    ``(out, in / groups, *kernel)`` for a convolution) becomes an orthonormal Tucker
+    tensor ``C ×_i U_i`` with core ``C`` of shape ``(r_1, ..., r_d)`` and factors
+    ``U_i`` of shape ``(n_i, r_i)``: ``prod(r) + sum_i n_i r_i`` stored weights
+    instead of ``prod(n)``.
 
     Parameters
     ----------
@@ -65,9 +125,11 @@ def tuckerize(
         Explicit initial rank (an int applies to the adaptive modes). With neither
         ``tol`` nor ``rank``: half of every adaptive mode.
     skip : iterable of str or type
-        Module names (exact, glob pattern, or dotted suffix) or module types to keep
-        dense, e.g. ``skip=("features.0", "classifier.2")``. A name that matches no
-        module is an error (it is usually a typo).
+        Modules to keep dense, by name (exact, glob pattern, or dotted suffix) or type,
+        e.g. ``skip=("features.0", "classifier")``. An entry that matches a module
+        also keeps every module inside it dense: ``"classifier"`` keeps
+        ``classifier.1``, ``classifier.3``, ... (name-prefix semantics, as in PEFT);
+        a type such as a custom block class keeps all of its layers.
     init : {'pretrained', 'random'}
         ``'pretrained'``: HOSVD of the current weights. ``'random'``: HOSVD of a fresh
         draw from PyTorch's default initialisation (training from scratch).
@@ -80,41 +142,84 @@ def tuckerize(
         (:func:`tuckerflow.ranks.ranks_from_global_budget`).
     budget_criterion : {'tolerance', 'energy', 'energy_per_parameter'}
         How the budget is shared (default: a common relative tolerance).
+    cap_at_dense : bool, default True
+        Never let a layer store more weights than the dense weight it replaces: where
+        the ranks asked for (by ``tol``, ``rank``, ``budget`` or the default) would
+        give ``prod(r) + sum_i n_i r_i > prod(n)``, lower the adaptive-mode ranks to
+        the break-even point, dropping the HOSVD directions of least singular-value
+        energy first (:func:`tuckerflow.ranks.ranks_from_global_budget` with the
+        layer's dense size as its budget, criterion ``'energy'``). Fixed modes
+        (a convolution's kernel modes) keep their rank, and no rank goes below
+        ``min_rank``. The layer is then exactly the truncated HOSVD of its weight at
+        the capped ranks, so its initial error exceeds ``tol``: a ``UserWarning``
+        lists every capped layer with its ranks, weight counts and errors. ``False``
+        keeps the ranks asked for and warns about every layer larger than its dense
+        weight, with the counts.
 
     Returns
     -------
     nn.Module
         ``model`` itself, modified.
+
+    Raises
+    ------
+    TypeError
+        If a ``skip`` entry is neither a str nor a type, or ``cap_at_dense`` is not a
+        bool.
+    ValueError
+        If ``init`` is unknown, a ``skip`` name matches no module of the model
+        (usually a typo; the message lists the module names), or more than one of
+        ``rank``, ``tol`` and ``budget`` is given. Every check, including those of the
+        new layers, runs before the model is modified.
+
+    Warns
+    -----
+    UserWarning
+        When a layer's ranks were capped at its dense size (name, ranks before and
+        after, stored weights, relative errors; pass ``cap_at_dense=False`` to keep
+        the ranks asked for), when a Tucker layer stores more weights than its dense
+        weight (``cap_at_dense=False``, or a layer so thin that even its minimum ranks
+        do not fit: keep it dense with ``skip``), and when no module is converted.
+
+    Notes
+    -----
+    The cap holds for the initial ranks only. Rank-adaptive training
+    (:class:`~tuckerflow.nn.TDLRT` with a tolerance) may grow a layer's ranks up to
+    its ``max_rank`` (default: the full mode sizes) and thereby past its dense size
+    again. To keep the model small during training, give ``TDLRT`` a parameter
+    ``budget`` or bound the ranks with ``max_rank``, and check
+    :func:`compression_report` afterwards.
+
+    References
+    ----------
+    .. [1] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 2000.
+    .. [2] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
+
+    Examples
+    --------
+    >>> from tuckerflow.nn import tuckerize
+    >>> from tuckerflow.nn.models import LeNet5
+    >>> model = tuckerize(LeNet5(), rank=4, skip=("classifier",))
+    >>> type(model.features[3]).__name__, type(model.classifier[1]).__name__
+    ('TuckerConv2d', 'Linear')
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    skip = tuple(skip)
-    for entry in skip:
-        if not isinstance(entry, (str, type)):
-            raise TypeError(
-                f"skip entries must be module names or types, got {entry!r}"
-            )
-    names = [name for name, _ in model.named_modules()]
-    for entry in skip:
-        if isinstance(entry, str) and not any(
-            name == entry
-            or fnmatch.fnmatchcase(name, entry)
-            or name.endswith("." + entry)
-            for name in names
-        ):
-            raise ValueError(
-                f"skip entry {entry!r} matches no module of the model; its modules "
-                f"are {[n for n in names if n][:20]}"
-            )
+    if not isinstance(cap_at_dense, bool):
+        raise TypeError(f"cap_at_dense must be True or False, got {cap_at_dense!r}")
+    if budget is not None and (rank is not None or tol is not None):
+        raise ValueError("give one of rank, tol and budget")
+    skipped = _select(model, skip, "skip")
     targets = [
         (name, module)
         for name, module in model.named_modules()
-        if type(module) in DENSE_TO_TUCKER and not _matches(name, module, skip)
+        if type(module) in DENSE_TO_TUCKER and name not in skipped
     ]
     if not targets:
         warnings.warn("tuckerize: no Linear or Conv module to convert", stacklevel=2)
-    if budget is not None and (rank is not None or tol is not None):
-        raise ValueError("give one of rank, tol and budget")
     options = {
         "min_rank": min_rank,
         "max_rank": max_rank,
@@ -128,13 +233,126 @@ def tuckerize(
     ranks = [rank] * len(sources)
     if budget is not None:
         ranks = _budget_ranks(sources, budget, options, budget_criterion)
+    # build every layer before replacing any: a rejected option leaves the model as is
+    layers, capped, oversized = [], [], []
     for (name, module, source), layer_rank in zip(sources, ranks):
         layer = DENSE_TO_TUCKER[type(module)].from_dense(
             source, rank=layer_rank, tol=tol, **options
         )
+        if layer.parameter_count() > layer.dense_parameter_count():
+            cap = _break_even_rank(layer, source.weight) if cap_at_dense else None
+            if cap is None:
+                floor = _floor_rank(layer)
+                reason = (
+                    "cap_at_dense=False"
+                    if not cap_at_dense
+                    else f"no ranks fit: even the minimum ranks {floor} store "
+                    f"{_count(layer, floor):,}"
+                )
+                oversized.append(_oversized_line(name, layer, reason))
+            else:
+                capped.append(_cap(name, layer, cap, source.weight.detach()))
+        layers.append((name, layer))
+    for name, layer in layers:
         parent, child = _parent(model, name)
         setattr(parent, child, layer)
+    if capped:
+        warnings.warn(
+            f"tuckerize: capped the ranks of {len(capped)} layer(s) that would "
+            "store more weights than their dense weight (the truncated HOSVD at the "
+            "capped ranks; the initial error rises):\n"
+            + "\n".join(capped)
+            + "\nPass cap_at_dense=False to keep the ranks asked for (the model then "
+            "grows), or skip=(name, ...) to keep a layer dense.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if oversized:
+        warnings.warn(
+            f"tuckerize: {len(oversized)} Tucker layer(s) store more weights than the "
+            "dense weight they replace:\n"
+            + "\n".join(oversized)
+            + "\nKeep such a layer dense with skip=(name, ...), or ask for smaller "
+            "ranks (rank, tol, min_rank).",
+            UserWarning,
+            stacklevel=2,
+        )
     return model
+
+
+def _count(layer: TuckerLayer, rank: tuple[int, ...]) -> int:
+    from tuckerflow.ranks import parameter_count
+
+    return parameter_count(layer.weight_shape, rank)
+
+
+def _floor_rank(layer: TuckerLayer) -> tuple[int, ...]:
+    """The smallest ranks the cap may use: ``min_rank`` on the adaptive modes (never
+    above the current rank), the current rank on the fixed modes."""
+    return tuple(
+        min(low, r) if mode in layer.adaptive_modes else r
+        for mode, (low, r) in enumerate(zip(layer.min_rank, layer.rank))
+    )
+
+
+def _break_even_rank(layer: TuckerLayer, weight: torch.Tensor) -> tuple | None:
+    """Ranks at most ``layer.rank`` whose Tucker tensor stores at most the dense
+    size and keeps the most singular-value energy of ``weight``; None if even the
+    floor ranks are too large."""
+    import tuckerflow as tf
+    from tuckerflow.hosvd import core_singular_vectors
+    from tuckerflow.ranks import ranks_from_global_budget
+
+    dense = layer.dense_parameter_count()
+    low, high = _floor_rank(layer), layer.rank
+    if _count(layer, low) > dense:
+        return None
+    weight = weight.detach()
+    with tf.use_backend("pytorch"):
+        _, spectra = core_singular_vectors(
+            weight, skip=[lo == hi for lo, hi in zip(low, high)]
+        )
+    problem = {
+        "spectra": [None if s is None else s.cpu().numpy() for s in spectra],
+        "shape": layer.weight_shape,
+        "min_rank": low,
+        "max_rank": high,
+        "norm": float(weight.norm()),
+    }
+    (rank,) = ranks_from_global_budget([problem], dense, criterion="energy")
+    # a mode rank above the product of the others adds weights and no accuracy (a
+    # matrix's two ranks, e.g.): the layer's own rule lowers it
+    return layer._complete_rank(rank, layer.adaptive_modes)
+
+
+def _relative_error(layer: TuckerLayer, weight: torch.Tensor) -> float:
+    with torch.no_grad():
+        norm = float(weight.norm())
+        return float((layer.weight - weight).norm()) / norm if norm else 0.0
+
+
+def _cap(name: str, layer: TuckerLayer, rank: tuple, weight: torch.Tensor) -> str:
+    """Truncate ``layer`` (a truncated HOSVD) to ``rank`` by keeping its leading
+    singular directions; return the warning line."""
+    before, count_before = layer.rank, layer.parameter_count()
+    error_before = _relative_error(layer, weight)
+    core = layer.core.detach()[tuple(slice(0, r) for r in rank)]
+    factors = [f.detach()[:, :r] for f, r in zip(layer.factors, rank)]
+    layer.set_tucker((core, factors))
+    return (
+        f"  {name}: rank {before} -> {layer.rank}, {count_before:,} -> "
+        f"{layer.parameter_count():,} stored weights (dense "
+        f"{layer.dense_parameter_count():,}), relative error {error_before:.3g} -> "
+        f"{_relative_error(layer, weight):.3g}"
+    )
+
+
+def _oversized_line(name: str, layer: TuckerLayer, reason: str) -> str:
+    count, dense = layer.parameter_count(), layer.dense_parameter_count()
+    return (
+        f"  {name}: rank {layer.rank} stores {count:,} weights, the dense weight "
+        f"{dense:,} ({count / dense:.1%}; {reason})"
+    )
 
 
 def _budget_ranks(
@@ -205,7 +423,8 @@ class CompressionReport:
 
     @property
     def compression(self) -> float:
-        """``1 - compressed / dense`` over the factorized layers (the paper's rate)."""
+        """``1 - compressed / dense`` over the factorized layers (the paper's rate);
+        negative when the Tucker layers store more weights than the dense ones."""
         return 1.0 - self.compressed / self.dense if self.dense else 0.0
 
     def __str__(self) -> str:
@@ -222,11 +441,26 @@ class CompressionReport:
                 f"{row['parameters'] / row['dense_parameters']:>7.1%}"
             )
         lines.append("-" * len(header))
+        if self.compression >= 0:
+            rate = f"compression {self.compression:.2%}"
+        else:
+            rate = (
+                f"no compression: {self.compressed / self.dense:.2f} times the dense "
+                f"weights, {-self.compression:.2%} more"
+            )
         lines.append(
             f"Tucker layers: {self.compressed:,} of {self.dense:,} weights "
-            f"(compression {self.compression:.2%}); model parameters "
-            f"{self.total_parameters:,}"
+            f"({rate}); model parameters {self.total_parameters:,}"
         )
+        larger = [r for r in self.rows if r["parameters"] > r["dense_parameters"]]
+        if larger:
+            lines.append(
+                f"{len(larger)} layer(s) store more weights than their dense weight: "
+                + ", ".join(
+                    f"{r['name']} ({r['parameters']:,} > {r['dense_parameters']:,})"
+                    for r in larger
+                )
+            )
         return "\n".join(lines)
 
 
@@ -235,7 +469,17 @@ def compression_report(model: nn.Module) -> CompressionReport:
 
     ``c`` counts the stored Tucker weights (``prod(r) + sum(n_i r_i)`` per layer),
     ``f`` the dense weights they replace; biases and dense layers are not included
-    (``total_parameters`` counts everything).
+    (``total_parameters`` counts everything). The rate is negative when ``c > f``;
+    the printed report then says "no compression" and names every layer that stores
+    more than its dense weight.
+
+    Parameters
+    ----------
+    model : nn.Module
+
+    Returns
+    -------
+    CompressionReport
     """
     rows = []
     for name, module in model.named_modules():
