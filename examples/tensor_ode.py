@@ -77,7 +77,7 @@ def main() -> None:
         lr=h,
         steps=STEPS,
         tol=args.tol,
-        batches=iter([*times, T_END]),
+        batches=iter(times),  # one time per step
         callback=compare,
         min_rank=1,
     )
