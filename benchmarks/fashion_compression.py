@@ -47,10 +47,12 @@ def build(variant: str, seed: int, runs: pathlib.Path):
     if variant == "full":
         return model, torch.optim.SGD(model.parameters(), **sgd)
     if variant == "tdlrt-tol0.2":
-        model = tuckerize(model, init="random")
+        # the published runs predate tuckerize's dense-size cap: keep their half-rank
+        # start (the first convolution stores slightly more weights than dense)
+        model = tuckerize(model, init="random", cap_at_dense=False)
         return model, TDLRT(model, tol=0.2, **sgd)
     if variant == "tdlrt-budget95":
-        model = tuckerize(model, init="random")
+        model = tuckerize(model, init="random", cap_at_dense=False)
         start = compression_report(model).compressed
         total = sum(int(torch.tensor(s).prod()) for s in LAYERS.values())
         schedule = linear_budget(start, round(0.05 * total), STEPS_PER_EPOCH)

@@ -52,10 +52,12 @@ def build(variant: str, seed: int, runs: pathlib.Path):
     if variant == "full":
         return model, torch.optim.SGD(model.parameters(), **sgd)
     if variant.startswith("tdlrt-tol"):
-        model = tuckerize(model, init="random")
+        # the published runs predate tuckerize's dense-size cap: keep their half-rank
+        # start (the first convolution stores slightly more weights than dense)
+        model = tuckerize(model, init="random", cap_at_dense=False)
         return model, TDLRT(model, tol=float(variant.removeprefix("tdlrt-tol")), **sgd)
     if variant == REFERENCE:
-        model = tuckerize(model, init="random")
+        model = tuckerize(model, init="random", cap_at_dense=False)
         start = compression_report(model).compressed
         schedule = linear_budget(
             start, round(0.05 * STUDY.all_weights), STEPS_PER_EPOCH
