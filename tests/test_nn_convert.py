@@ -423,3 +423,18 @@ def test_no_warning_when_nothing_exceeds_the_dense_size():
     report = compression_report(model)
     assert all(r["parameters"] <= r["dense_parameters"] for r in report.rows)
     assert "store more weights" not in str(report)
+
+
+def test_the_default_half_ranks_are_capped_quietly():
+    # no rank asked for: the cap is part of the default, not a surprise to report
+    torch.manual_seed(0)
+    model = LeNet5()
+    first = model.features[0]
+    half = TuckerConv2d.from_dense(first)
+    assert half.parameter_count() > half.dense_parameter_count()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tuckerize(model, init="random")
+    layer = model.get_submodule("features.0")
+    assert layer.parameter_count() <= layer.dense_parameter_count()
+    assert layer.rank[0] < half.rank[0]

@@ -152,7 +152,9 @@ def tuckerize(
         (a convolution's kernel modes) keep their rank, and no rank goes below
         ``min_rank``. The layer is then exactly the truncated HOSVD of its weight at
         the capped ranks, so its initial error exceeds ``tol``: a ``UserWarning``
-        lists every capped layer with its ranks, weight counts and errors. ``False``
+        lists every capped layer with its ranks, weight counts and errors (not when
+        neither ``tol``, ``rank`` nor ``budget`` was given: the default half ranks
+        are a starting point, not a request, and are capped quietly). ``False``
         keeps the ranks asked for and warns about every layer larger than its dense
         weight, with the counts.
 
@@ -175,7 +177,8 @@ def tuckerize(
     Warns
     -----
     UserWarning
-        When a layer's ranks were capped at its dense size (name, ranks before and
+        When a layer's ranks asked for by ``tol``, ``rank`` or ``budget`` were
+        capped at its dense size (name, ranks before and
         after, stored weights, relative errors; pass ``cap_at_dense=False`` to keep
         the ranks asked for), when a Tucker layer stores more weights than its dense
         weight (``cap_at_dense=False``, or a layer so thin that even its minimum ranks
@@ -256,7 +259,8 @@ def tuckerize(
     for name, layer in layers:
         parent, child = _parent(model, name)
         setattr(parent, child, layer)
-    if capped:
+    asked = rank is not None or tol is not None or budget is not None
+    if capped and asked:
         warnings.warn(
             f"tuckerize: capped the ranks of {len(capped)} layer(s) that would "
             "store more weights than their dense weight (the truncated HOSVD at the "
