@@ -148,7 +148,10 @@ def trainable(model) -> int:
     return total + sum(
         p.numel()
         for name, p in model.named_parameters()
-        if p.requires_grad and "core" not in name and "factors" not in name
+        if p.requires_grad
+        and "core" not in name
+        and "factors" not in name
+        and "weight_delta" not in name  # TDLRT's zero dL/dW carrier, one element
     )
 
 

@@ -133,7 +133,9 @@ def test_rank_changes_keep_parameters_state_and_scheduler_consistent(options):
             (30, layer.rank[0]),
             (20, layer.rank[1]),
         ]
-        assert layer.core.grad is None and layer.weight_gradient() is None
+        assert layer.core.grad is None
+        # dL/dW stays after the step, like nn.Linear.weight.grad after SGD's
+        assert layer.weight_gradient() is layer.weight_delta.grad is not None
         assert layer.core.is_leaf and layer.core.grad_fn is None  # no graph kept
         packed = optimizer.state[layer.core].get("tucker_state")
         if options:

@@ -28,8 +28,10 @@ __all__ = ["prepare_ddp"]
 def prepare_ddp(model: nn.Module) -> nn.Module:
     """Mark the Tucker parameters of ``model`` for DDP to ignore.
 
-    Call it before wrapping the model in DDP. The TDLRT optimizer averages and
-    synchronizes those parameters itself; DDP handles everything else as usual.
+    That is every ``core``, ``factors.i`` and ``weight_delta`` (the latter whether or
+    not the TDLRT optimizer has created it yet). Call it before wrapping the model in
+    DDP. The TDLRT optimizer averages and synchronizes those parameters itself; DDP
+    handles everything else as usual.
 
     Returns
     -------
@@ -46,6 +48,9 @@ def prepare_ddp(model: nn.Module) -> nn.Module:
                 names.append(
                     f"{prefix}.factors.{index}" if prefix else f"factors.{index}"
                 )
+            # created by TDLRT, possibly after this call: its gradient is dL/dW,
+            # which TDLRT averages itself
+            names.append(f"{prefix}.weight_delta" if prefix else "weight_delta")
     existing = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
     model._ddp_params_and_buffers_to_ignore = sorted(set(existing + names))
     return model

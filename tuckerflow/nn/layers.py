@@ -4,15 +4,27 @@ The weight ``W = C ×_i U_i`` is stored as parameters ``core`` and ``factors[i]`
 output channels, input channels per group, then the kernel dimensions). Two forward
 implementations, chosen per layer:
 
-* ``"dense"``: rebuild ``W`` and run one ``F.linear``/``F.convNd``. The gradient of the
-  rebuilt weight is exactly the Euclidean gradient the TDLRT step needs.
+* ``"dense"``: rebuild ``W`` and run one ``F.linear``/``F.convNd``. Under the TDLRT
+  optimizer the rebuilt weight carries the zero parameter ``weight_delta`` (see
+  :class:`TuckerLayer`), whose ``.grad`` is exactly the Euclidean gradient ``dL/dW``
+  the TDLRT step needs, visible to every standard tool (``GradScaler``, gradient
+  clipping, ``zero_grad``).
 * ``"factorized"``: never form ``W``; a linear layer is two thin matmuls, a convolution
   is a 1x1 convolution (input basis), a core convolution (core with the kernel factors
   folded in) and a 1x1 convolution (output basis). Groups, stride, dilation and every
   padding mode are supported.
 
-Ranks change during training: :meth:`TuckerLayer.set_tucker` swaps the data of the
-same ``Parameter`` objects, so optimizers and hooks keep working.
+Ranks change during training: :meth:`TuckerLayer.set_tucker` keeps the same
+``Parameter`` objects, so optimizers and hooks keep working. While the ranks stay the
+same it writes in place, so a ``state_dict()`` taken earlier follows the live values,
+exactly like ``nn.Linear``'s. When a rank changes the parameters get new storage of
+the new shape, and a ``state_dict()`` taken before keeps the old (self-consistent)
+core and factors while ``bias`` follows the live value. For a snapshot that never
+changes take ``copy.deepcopy(model.state_dict())``.
+
+Every entry of a layer's ``state_dict`` is a tensor (ranks and options travel as one
+int64 ``_extra_state`` tensor), so ``{k: v.clone() ...}`` patterns and safetensors
+work; whole models pickle (``torch.save(model)``, ``copy.deepcopy``).
 """
 
 from __future__ import annotations
@@ -56,17 +68,62 @@ def _per_mode(value: Any, order: int, name: str) -> tuple[int, ...] | None:
     return values
 
 
+IMPLEMENTATION_CODES = {name: code for code, name in enumerate(IMPLEMENTATIONS)}
+EXTRA_STATE_FORMAT = 1
+
+# every live Tucker layer; optimizers find the layer of a parameter by identity against
+# these layers' current parameters (nothing is attached to the Parameter objects, so
+# models pickle, and Parameters installed by PyTorch itself are found too)
+_LIVE_LAYERS: weakref.WeakSet[TuckerLayer] = weakref.WeakSet()
+
+
+def layers_by_parameter() -> dict[int, TuckerLayer]:
+    """Which live Tucker layer each parameter belongs to.
+
+    Returns
+    -------
+    dict
+        ``{id(p): layer}`` over the current ``core``, ``factors`` and ``weight_delta``
+        of every live :class:`TuckerLayer` (one entry per parameter).
+    """
+    table: dict[int, TuckerLayer] = {}
+    for layer in list(_LIVE_LAYERS):
+        for parameter in layer.tucker_parameters():
+            table[id(parameter)] = layer
+    return table
+
+
 def _replace(parameter: nn.Parameter, value: torch.Tensor) -> None:
     """Give ``parameter`` new values and possibly a new shape, keeping the object.
 
-    ``Tensor.set_`` (not ``.data =``): autograd caches a leaf's gradient accumulator
-    together with its shape, and a graph still alive from the previous iteration (the
-    old ``loss``) keeps that accumulator; after ``.data =`` with a new shape the next
-    backward fails on the stale shape, ``set_`` makes autograd use the new one.
+    Same shape, dtype and device: an in-place copy, so references to the storage (a
+    ``state_dict()`` taken earlier) see the new values, as for any parameter an
+    optimizer updates. Otherwise ``Tensor.set_`` (not ``.data =``): autograd caches a
+    leaf's gradient accumulator together with its shape, and a graph still alive from
+    the previous iteration (the old ``loss``) keeps that accumulator; after ``.data =``
+    with a new shape the next backward fails on the stale shape, ``set_`` makes
+    autograd use the new one.
     """
+    value = value.detach()
     with torch.no_grad():
-        parameter.set_(value.detach().clone().contiguous())
+        if (
+            value.shape == parameter.shape
+            and value.dtype == parameter.dtype
+            and value.device == parameter.device
+        ):
+            if value.untyped_storage().data_ptr() == (
+                parameter.untyped_storage().data_ptr()
+            ):
+                value = value.clone()  # a view of the parameter itself
+            parameter.copy_(value)
+        else:
+            parameter.set_(value.clone().contiguous())
     parameter.grad = None
+
+
+def _expanded_zero(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """A zero tensor of ``shape`` that stores one element (stride 0 everywhere)."""
+    return torch.zeros((), dtype=like.dtype, device=like.device).expand(tuple(shape))
 
 
 def reconstruct(core: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -87,6 +144,26 @@ class TuckerLayer(nn.Module):
     core : nn.Parameter
     factors : nn.ParameterList
         Orthonormal columns.
+    weight_delta : nn.Parameter or None
+        ``None`` until the TDLRT optimizer takes the layer with a dense-gradient method
+        (``gradient_source == "weight"``); then a parameter ``Δ`` of the weight's
+        shape, fixed at zero, and the rebuilt weight is ``W = C ×_i U_i + Δ`` with the
+        Tucker part computed without autograd. So ``Δ.grad`` is exactly ``dL/dW``,
+        the gradient the TDLRT step consumes, and every standard tool acts on it as
+        on ``nn.Linear.weight.grad``: ``GradScaler`` (scaling, ``unscale_``, inf
+        checks), ``clip_grad_norm_(model.parameters())``, ``model.zero_grad()``,
+        accumulation over several backward passes, and a parent module reading
+        :attr:`weight`. ``Δ`` is never updated (TDLRT puts it in the layer's parameter
+        group only so that those tools see it), it is not part of the ``state_dict``,
+        and it stores a single element (stride 0); ``sum(p.numel() for p in
+        model.parameters())`` counts its full size nevertheless: use
+        :func:`~tuckerflow.nn.compression_report` or :meth:`parameter_count` for the
+        Tucker parameters. Another optimizer must not be given ``Δ`` (it cannot write
+        it); to train with one after TDLRT, set ``gradient_source = "factors"``.
+    gradient_source : {'factors', 'weight'}
+        Where the gradient of the Tucker weight lands: on ``core`` and ``factors``
+        (ordinary autograd, the default) or on ``weight_delta`` (set by TDLRT for
+        ``implementation="dense"``).
     min_rank, max_rank : tuple of int
         Per-mode bounds for rank-adaptive training; modes that do not adapt have
         ``min_rank == max_rank == rank``.
@@ -129,9 +206,7 @@ class TuckerLayer(nn.Module):
             )
         self.adaptive_modes = adaptive
         self.implementation = implementation
-        self.gradient_source = "factors"  # TDLRT switches dense layers to "weight"
-        self._weight_for_grad: torch.Tensor | None = None
-        self._weight_grad: torch.Tensor | None = None
+        self._gradient_source = "factors"  # TDLRT switches dense layers to "weight"
 
         if rank is None:
             rank = tuple(
@@ -149,8 +224,9 @@ class TuckerLayer(nn.Module):
             core = torch.zeros_like(core)
         self.core = nn.Parameter(core.contiguous())
         self.factors = nn.ParameterList([nn.Parameter(f.contiguous()) for f in factors])
+        self.register_parameter("weight_delta", None)
         self._set_bounds(min_rank, max_rank)
-        self._tag_parameters()
+        _LIVE_LAYERS.add(self)
 
     def _complete_rank(self, rank: Any, adaptive: Sequence[int]) -> tuple[int, ...]:
         """An int rank applies to the adaptive modes; fixed modes keep their size."""
@@ -202,24 +278,63 @@ class TuckerLayer(nn.Module):
         self.min_rank = tuple(bounded_low)
         self.max_rank = tuple(bounded_high)
 
-    def _tag_parameters(self) -> None:
-        """Let optimizers find the layer of a parameter (``_tuckerflow_layer``)."""
-        reference = weakref.ref(self)
-        self.core._tuckerflow_layer = reference
-        for factor in self.factors:
-            factor._tuckerflow_layer = reference
-
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # copy.deepcopy and pickle rebuild the parameters: point their tags at the
-        # new layer, not at the one they were copied from
+        # copy.deepcopy, pickle and torch.load rebuild the layer: register the new one
         super().__setstate__(state)
-        self._tag_parameters()
+        _LIVE_LAYERS.add(self)
+        self._compact_weight_delta()  # deepcopy clones Δ into full memory
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .double(), .cuda() copy Δ into full memory: give it back one element
+        result = super()._apply(fn, recurse)
+        self._compact_weight_delta()
+        return result
+
+    def _compact_weight_delta(self) -> None:
+        """Δ is zero by definition: one element, whatever a copy or conversion made
+        of it (also ``to_empty``, which leaves memory uninitialized)."""
+        delta = self._parameters.get("weight_delta")
+        if delta is not None:
+            delta.data = _expanded_zero(delta.shape, delta)
 
     # ------------------------------------------------------------------ access
     @property
     def rank(self) -> tuple[int, ...]:
         """Current Tucker rank."""
         return tuple(self.core.shape)
+
+    @property
+    def gradient_source(self) -> str:
+        """``"factors"`` (ordinary autograd) or ``"weight"`` (``dL/dW`` lands on
+        :attr:`weight_delta`, created on first use)."""
+        return self._gradient_source
+
+    @gradient_source.setter
+    def gradient_source(self, value: str) -> None:
+        if value not in ("factors", "weight"):
+            raise ValueError(
+                f"gradient_source must be 'factors' or 'weight', got {value!r}"
+            )
+        if value == "weight":
+            delta = self._parameters.get("weight_delta")
+            if delta is None or tuple(delta.shape) != self.weight_shape:
+                self.weight_delta = nn.Parameter(
+                    _expanded_zero(self.weight_shape, self.core)
+                )
+        self._gradient_source = value
+
+    def tucker_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the Tucker weight (everything but ``bias``).
+
+        Returns
+        -------
+        list of nn.Parameter
+            The current ``core``, ``factors`` and, if it exists, ``weight_delta``.
+        """
+        parameters = [self.core, *self.factors]
+        if self.weight_delta is not None:
+            parameters.append(self.weight_delta)
+        return parameters
 
     def tucker(self) -> TuckerTensor:
         """The weight as a (detached) TensorLy Tucker tensor."""
@@ -228,7 +343,26 @@ class TuckerLayer(nn.Module):
         )
 
     def set_tucker(self, tucker: Any) -> None:
-        """Replace the weight (ranks may change); the Parameter objects are kept."""
+        """Replace the weight; ranks may change, the Parameter objects are kept.
+
+        Parameters
+        ----------
+        tucker : (core, factors)
+            The new core and one factor per mode (orthonormal columns, one row per
+            entry of the layer's mode).
+
+        Notes
+        -----
+        A core or factor whose shape is unchanged is written in place, so a
+        ``state_dict()`` taken earlier shows the new values (as for ``nn.Linear``
+        updated by ``torch.optim.SGD``). A rank change gives the parameter new storage
+        of the new shape: a ``state_dict()`` taken before keeps the old core and
+        factors, a consistent older weight, while its ``bias`` entry is the live one.
+        Take ``copy.deepcopy(model.state_dict())`` for a snapshot. ``core.grad`` and
+        the factors' ``.grad`` are cleared (they belong to the old parametrization);
+        ``weight_delta.grad``, a gradient with respect to ``W``, is kept, like any
+        parameter's gradient after an optimizer step.
+        """
         core, factors = tucker
         if len(factors) != len(self.factors):
             raise ValueError(
@@ -243,7 +377,57 @@ class TuckerLayer(nn.Module):
         _replace(self.core, core)
         for parameter, factor in zip(self.factors, factors):
             _replace(parameter, factor)
-        self.clear_weight_gradient()
+
+    def orthonormality_error(self) -> list[float]:
+        """``max |U_i^T U_i - I|`` of every factor (computed in float64).
+
+        Returns
+        -------
+        list of float
+            One entry per mode; ``nan`` for a factor with non-finite entries.
+        """
+        errors = []
+        for factor in self.factors:
+            matrix = factor.detach()
+            if matrix.dtype != torch.float64:
+                matrix = matrix.to(torch.float64)
+            gram = matrix.t() @ matrix
+            identity = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+            errors.append(float((gram - identity).abs().max()))
+        return errors
+
+    def orthonormalize(self) -> None:
+        """Make every factor orthonormal again without changing the weight.
+
+        Each factor is replaced by ``Q`` of its thin QR decomposition ``U_i = Q_i R_i``
+        and ``R_i`` is folded into the core (``C ×_i R_i``), so ``W = C ×_i U_i`` is
+        unchanged up to rounding, also when a factor is rank deficient (``R_i``
+        singular: the Tucker format does not need a full-rank core).
+
+        Raises
+        ------
+        ValueError
+            If a factor or the core has non-finite entries.
+        """
+        core = self.core.detach()
+        tensors = [("core", core)] + [
+            (f"factor {mode}", factor.detach())
+            for mode, factor in enumerate(self.factors)
+        ]
+        for name, tensor in tensors:
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(
+                    f"{type(self).__name__}: its {name} has non-finite entries; the "
+                    "weight cannot be repaired, restore it from a checkpoint"
+                )
+        factors = []
+        for mode, factor in enumerate(self.factors):
+            basis, triangle = torch.linalg.qr(factor.detach())
+            core = torch.movedim(
+                torch.tensordot(triangle, core, dims=([1], [mode])), 0, mode
+            )
+            factors.append(basis)
+        self.set_tucker((core, factors))
 
     def parameter_count(self) -> int:
         """Stored weight parameters ``prod(r) + sum(n_i r_i)`` (bias excluded)."""
@@ -255,46 +439,47 @@ class TuckerLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dense weight ``C ×_i U_i`` (plus the adapter offset, if any)."""
-        weight = reconstruct(self.core, list(self.factors))
-        offset = getattr(self, "offset", None)
-        return weight if offset is None else weight + offset
+        """The dense weight ``C ×_i U_i`` (plus the adapter offset, if any).
 
-    def weight_gradient(self) -> torch.Tensor | None:
-        """``dL/dW`` accumulated over the backward passes since the last
-        :meth:`clear_weight_gradient` (when ``gradient_source == "weight"``, which the
-        TDLRT optimizer sets): several forward/backward passes accumulate, like
-        ``.grad`` does for parameters."""
-        return self._weight_grad
-
-    def clear_weight_gradient(self) -> None:
-        self._weight_grad = None
-        self._weight_for_grad = None
-
-    def _accumulate_weight_gradient(self, grad: torch.Tensor) -> torch.Tensor:
-        if self._weight_grad is None or self._weight_grad.shape != grad.shape:
-            self._weight_grad = grad.detach().clone()
-        else:
-            self._weight_grad += grad.detach()
-        return grad
-
-    def _forward_weight(self) -> torch.Tensor:
-        """Dense weight for the forward pass.
-
-        With ``gradient_source == "weight"`` the Tucker factors are rebuilt without
-        autograd and the result becomes a leaf: the backward pass then computes only
-        ``dL/dW``, which the TDLRT step consumes (no wasted factor gradients).
+        With ``gradient_source == "weight"`` (the TDLRT optimizer on a dense layer)
+        the Tucker part is rebuilt without autograd and :attr:`weight_delta` is added:
+        the backward pass then computes only ``dL/dW`` (into ``weight_delta.grad``),
+        whether the layer's own forward or a parent module reads the weight.
         """
-        if self.gradient_source == "weight" and torch.is_grad_enabled():
+        delta = self.weight_delta
+        if (
+            self._gradient_source == "weight"
+            and delta is not None
+            and delta.requires_grad
+            and torch.is_grad_enabled()
+        ):
             with torch.no_grad():
                 weight = reconstruct(self.core, list(self.factors))
-            weight.requires_grad_(True)
-            weight.register_hook(self._accumulate_weight_gradient)
-            self._weight_for_grad = weight
+            weight = weight + delta
         else:
             weight = reconstruct(self.core, list(self.factors))
         offset = getattr(self, "offset", None)
         return weight if offset is None else weight + offset
+
+    def weight_gradient(self) -> torch.Tensor | None:
+        """``dL/dW`` accumulated since the gradients were last cleared.
+
+        Returns
+        -------
+        tensor or None
+            ``weight_delta.grad``; ``None`` before a backward pass and whenever
+            ``gradient_source == "factors"`` (then the gradient is on the core and
+            factors).
+        """
+        delta = self.weight_delta
+        if delta is None or self._gradient_source != "weight":
+            return None
+        return delta.grad
+
+    def clear_weight_gradient(self) -> None:
+        """Set ``weight_delta.grad`` to ``None`` (``model.zero_grad()`` does too)."""
+        if self.weight_delta is not None:
+            self.weight_delta.grad = None
 
     def extra_repr(self) -> str:
         return (
@@ -303,6 +488,10 @@ class TuckerLayer(nn.Module):
         )
 
     # ------------------------------------------------------------ checkpoints
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination.pop(prefix + "weight_delta", None)  # always zero, never stored
+
     def _load_from_state_dict(
         self,
         state_dict,
@@ -339,17 +528,20 @@ class TuckerLayer(nn.Module):
                         "architecture"
                     )
                 factor_shapes.append((mode, (rows, cols)))
-            _replace(
-                self.core,
-                torch.empty(
-                    stored.shape, dtype=self.core.dtype, device=self.core.device
-                ),
-            )
+            if tuple(self.core.shape) != tuple(stored.shape):
+                _replace(
+                    self.core,
+                    torch.empty(
+                        stored.shape, dtype=self.core.dtype, device=self.core.device
+                    ),
+                )
             for mode, shape in factor_shapes:
                 factor = self.factors[mode]
-                _replace(
-                    factor, torch.empty(shape, dtype=factor.dtype, device=factor.device)
-                )
+                if tuple(factor.shape) != shape:
+                    _replace(
+                        factor,
+                        torch.empty(shape, dtype=factor.dtype, device=factor.device),
+                    )
         super()._load_from_state_dict(
             state_dict,
             prefix,
@@ -359,21 +551,59 @@ class TuckerLayer(nn.Module):
             unexpected_keys,
             error_msgs,
         )
+        delta_key = prefix + "weight_delta"
+        while delta_key in missing_keys:  # never stored: not missing
+            missing_keys.remove(delta_key)
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Rank bounds and options, saved in the ``state_dict`` next to the tensors."""
-        return {
-            "min_rank": self.min_rank,
-            "max_rank": self.max_rank,
-            "adaptive_modes": self.adaptive_modes,
-            "implementation": self.implementation,
-        }
+    def get_extra_state(self) -> torch.Tensor:
+        """Rank bounds and options as one int64 tensor, saved in the ``state_dict``.
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.min_rank = tuple(state["min_rank"])
-        self.max_rank = tuple(state["max_rank"])
-        self.adaptive_modes = tuple(state["adaptive_modes"])
-        self.implementation = state["implementation"]
+        Layout: ``[format, order, min_rank..., max_rank..., adaptive flag per mode...,
+        implementation code]`` (a tensor, so every ``state_dict`` entry is one:
+        safetensors and ``{k: v.clone()}`` work).
+        """
+        order = len(self.weight_shape)
+        adaptive = [int(m in self.adaptive_modes) for m in range(order)]
+        values = [
+            EXTRA_STATE_FORMAT,
+            order,
+            *self.min_rank,
+            *self.max_rank,
+            *adaptive,
+            IMPLEMENTATION_CODES[self.implementation],
+        ]
+        return torch.tensor(values, dtype=torch.int64)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore :meth:`get_extra_state`'s tensor, or the dict older versions
+        stored (``min_rank``, ``max_rank``, ``adaptive_modes``, ``implementation``)."""
+        if isinstance(state, dict):
+            self.min_rank = tuple(state["min_rank"])
+            self.max_rank = tuple(state["max_rank"])
+            self.adaptive_modes = tuple(state["adaptive_modes"])
+            self.implementation = state["implementation"]
+            return
+        order = len(self.weight_shape)
+        values = torch.as_tensor(state).reshape(-1).tolist()
+        if len(values) != 3 * order + 3 or values[:2] != [EXTRA_STATE_FORMAT, order]:
+            raise ValueError(
+                f"{type(self).__name__}: _extra_state {values} is not the format-"
+                f"{EXTRA_STATE_FORMAT} encoding of an order-{order} layer "
+                "([format, order, min_rank, max_rank, adaptive flags, implementation]):"
+                " the checkpoint is from another architecture or version"
+            )
+        body = values[2:]
+        code = body[3 * order]
+        if not 0 <= code < len(IMPLEMENTATIONS):
+            raise ValueError(
+                f"{type(self).__name__}: _extra_state names implementation code "
+                f"{code}, known codes are {IMPLEMENTATION_CODES}"
+            )
+        self.min_rank = tuple(int(v) for v in body[:order])
+        self.max_rank = tuple(int(v) for v in body[order : 2 * order])
+        flags = body[2 * order : 3 * order]
+        self.adaptive_modes = tuple(m for m, flag in enumerate(flags) if flag)
+        self.implementation = IMPLEMENTATIONS[code]
 
 
 class TuckerLinear(TuckerLayer):
@@ -440,7 +670,7 @@ class TuckerLinear(TuckerLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.implementation == "dense":
-            return F.linear(x, self._forward_weight(), self.bias)
+            return F.linear(x, self.weight, self.bias)
         out_basis, in_basis = self.factors[0], self.factors[1]
         # W^T = U_in C^T U_out^T: two thin matmuls
         hidden = x @ (in_basis @ self.core.t())
@@ -572,7 +802,7 @@ class _TuckerConvNd(TuckerLayer):
         if self.implementation == "dense":
             return self._conv(
                 x,
-                self._forward_weight(),
+                self.weight,
                 self.bias,
                 stride=self.stride,
                 padding=self.padding,

@@ -19,13 +19,28 @@ How each Tucker layer gets its gradient (``method``):
 
 Weight decay acts on the represented weight ``W`` (its projection is ``wd * C`` on
 the core and ``wd * K_i`` on the K-steps), never on the orthonormal bases.
+
+Standard training-loop tools work as with ``nn.Linear`` and ``torch.optim.SGD``: a
+dense layer's ``dL/dW`` is the ``.grad`` of its ``weight_delta`` parameter, which the
+optimizer adds to the layer's parameter group (it never updates it), so
+``torch.amp.GradScaler`` (``scale``/``unscale_``/``step``/``update``, including its
+inf checks and backoff), ``clip_grad_norm_(model.parameters(), ...)`` and
+``model.zero_grad()`` act on exactly what the step uses; ``weight_delta`` is left out
+of the optimizer's ``state_dict`` so checkpoints keep their layout.
+
+The factors must be orthonormal. A factor written by anything but this optimizer
+(another optimizer, ``copy_``, ``load_state_dict``) is checked at the next step; one
+that is not orthonormal is repaired by :meth:`TuckerLayer.orthonormalize` (the weight
+is kept) with a warning naming the layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -48,7 +63,7 @@ from tuckerflow.ranks import (
     ranks_from_global_budget,
 )
 
-from .layers import TuckerLayer, reconstruct
+from .layers import TuckerLayer, layers_by_parameter, reconstruct
 
 __all__ = ["TDLRT", "linear_budget"]
 
@@ -73,9 +88,19 @@ def _unpack(packed: dict[str, Any]) -> Any:
     return cls(**values)
 
 
-def _layer_of(parameter: torch.Tensor) -> TuckerLayer | None:
-    reference = getattr(parameter, "_tuckerflow_layer", None)
-    return None if reference is None else reference()
+def _orthonormality_tolerances(factor: torch.Tensor) -> tuple[float, float]:
+    """``(repair, warn)`` thresholds on ``max |U^T U - I|`` of a factor with ``n`` rows.
+
+    Above ``10 n eps`` of its dtype the factor is repaired (the optimizer's own factors
+    stay below ``0.5 n eps``: measured in float32 over 150 steps, n <= 1024). A factor
+    rounded in a coarser format (built in float32, then ``model.double()``) is repaired
+    silently; the warning is for errors above ``10 n eps`` of float32 (or of the
+    factor's own dtype, if coarser), which rounding cannot explain: another
+    optimizer's steps leave errors of the size of its step.
+    """
+    rows = factor.shape[0]
+    eps = torch.finfo(factor.dtype).eps
+    return 10 * rows * eps, 10 * rows * max(eps, torch.finfo(torch.float32).eps)
 
 
 class TDLRT(torch.optim.Optimizer):
@@ -144,10 +169,15 @@ class TDLRT(torch.optim.Optimizer):
         rcond: float | None = None,
         distributed: bool | None = None,
     ) -> None:
+        # parameter id -> its Tucker layer, and the layers' names for messages
+        self._owners: dict[int, TuckerLayer] = {}
+        self._names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # factor id -> (version, data pointer) after this optimizer last wrote it
+        self._written: dict[int, tuple[int, int]] = {}
         if isinstance(params, nn.Module):
-            for module in params.modules():
+            for name, module in params.named_modules():
                 if isinstance(module, TuckerLayer):
-                    module._tag_parameters()
+                    self._names[module] = name or type(module).__name__
             params = params.parameters()
         if tol is not None and budget is not None:
             raise ValueError(
@@ -240,13 +270,16 @@ class TDLRT(torch.optim.Optimizer):
             raise ValueError(
                 f"method must be one of {METHODS}, got {group['method']!r}"
             )
+        table = layers_by_parameter()
         members = {id(p) for p in group["params"]}
+        elsewhere = {id(p) for g in self.param_groups[:-1] for p in g["params"]}
+        layers = []
         for parameter in group["params"]:
-            layer = _layer_of(parameter)
-            if layer is None:
-                continue
-            own = [layer.core, *layer.factors]
-            missing = [p for p in own if id(p) not in members]
+            layer = table.get(id(parameter))
+            if layer is not None and all(layer is not seen for seen in layers):
+                layers.append(layer)
+        for layer in layers:
+            missing = [p for p in (layer.core, *layer.factors) if id(p) not in members]
             if missing:
                 raise ValueError(
                     f"{type(layer).__name__}: its core and all factors must be in the "
@@ -260,9 +293,33 @@ class TDLRT(torch.optim.Optimizer):
                     "method='parallel' (or 'auto'), or implementation='dense'"
                 )
             if method in ("tdlrt", "parallel") and layer.implementation == "dense":
-                layer.gradient_source = "weight"
+                layer.gradient_source = "weight"  # creates layer.weight_delta
+                self._add_weight_delta(group, layer, members, elsewhere)
             else:
                 layer.gradient_source = "factors"
+            for parameter in layer.tucker_parameters():
+                self._owners[id(parameter)] = layer
+
+    def _add_weight_delta(
+        self, group: dict[str, Any], layer: TuckerLayer, members, elsewhere
+    ) -> None:
+        """Put ``layer.weight_delta`` into ``group`` (where GradScaler and
+        ``zero_grad`` see it) unless it is there already."""
+        delta = layer.weight_delta
+        if id(delta) in elsewhere:
+            raise ValueError(
+                f"{type(layer).__name__}: its weight_delta is in another parameter "
+                "group than its core; give all of a Tucker layer's parameters to one "
+                "group"
+            )
+        if id(delta) in members:
+            return
+        group["params"].append(delta)
+        members.add(id(delta))
+        names = group.get("param_names")
+        if names is not None:  # named parameters: name it after the core
+            core_name = names[[id(p) for p in group["params"]].index(id(layer.core))]
+            names.append(core_name.rpartition("core")[0] + "weight_delta")
 
     @staticmethod
     def _method(group: dict[str, Any], layer: TuckerLayer | None) -> str:
@@ -274,27 +331,69 @@ class TDLRT(torch.optim.Optimizer):
     def _tucker_layers(self, group: dict[str, Any]) -> list[TuckerLayer]:
         layers, seen = [], set()
         for parameter in group["params"]:
-            layer = _layer_of(parameter)
+            layer = self._owners.get(id(parameter))
             if layer is not None and id(layer) not in seen:
                 seen.add(id(layer))
                 layers.append(layer)
+        members = None
+        for layer in layers:
+            if members is None:
+                members = {id(p) for p in group["params"]}
+            if any(id(p) not in members for p in (layer.core, *layer.factors)):
+                raise RuntimeError(
+                    f"TDLRT: {self._describe(layer)} no longer holds the Parameter "
+                    "objects this optimizer was given (something installed new ones "
+                    "after the optimizer was created, e.g. "
+                    "load_state_dict(..., assign=True) or module.to() with "
+                    "torch.__future__.set_overwrite_module_params_on_conversion): "
+                    "create the optimizer after loading or converting the model"
+                )
         return layers
 
+    def _describe(self, layer: TuckerLayer) -> str:
+        name = self._names.get(layer)
+        where = f"layer {name!r} " if name else "a "
+        return (
+            f"{where}({type(layer).__name__}, weight shape {layer.weight_shape}, "
+            f"rank {layer.rank})"
+        )
+
+    @contextlib.contextmanager
+    def _without_weight_deltas(self):
+        """Hide every ``weight_delta`` from the groups: they hold no state, and
+        checkpoints keep the layout of the ordinary and Tucker parameters."""
+        deltas = {
+            id(layer.weight_delta)
+            for layer in self._owners.values()
+            if layer.weight_delta is not None
+        }
+        saved = []
+        for group in self.param_groups:
+            keep = [i for i, p in enumerate(group["params"]) if id(p) not in deltas]
+            saved.append((group["params"], group.get("param_names")))
+            group["params"] = [group["params"][i] for i in keep]
+            if group.get("param_names") is not None:
+                group["param_names"] = [group["param_names"][i] for i in keep]
+        try:
+            yield
+        finally:
+            # by position: load_state_dict replaces the group dicts
+            for group, (params, names) in zip(self.param_groups, saved):
+                group["params"] = params
+                if names is not None:
+                    group["param_names"] = names
+
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+        with self._without_weight_deltas():
+            state = super().state_dict()
         state["tdlrt_steps"] = self._steps_taken  # for budget schedules
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         self._steps_taken = int(state_dict.pop("tdlrt_steps", 0))
-        super().load_state_dict(state_dict)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        super().zero_grad(set_to_none=set_to_none)
-        for group in self.param_groups:
-            for layer in self._tucker_layers(group):
-                layer.clear_weight_gradient()
+        with self._without_weight_deltas():
+            super().load_state_dict(state_dict)
 
     # ----------------------------------------------------------------- step
     @torch.no_grad()
@@ -302,13 +401,16 @@ class TDLRT(torch.optim.Optimizer):
         """One update of every parameter; returns the closure's loss if given.
 
         A non-finite loss or gradient skips the whole step (weights and optimizer
-        state untouched) with a warning.
+        state untouched) with a warning. Factors that something else wrote since the
+        last step are checked first and re-orthonormalized if needed (see the module
+        docstring).
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plans = self._collect()
+        stale = self._check_factors()
+        plans = self._collect(stale)
         if self._distributed:
             self._average_tucker_gradients(plans)
         problem = self._non_finite(loss, plans)
@@ -335,19 +437,91 @@ class TDLRT(torch.optim.Optimizer):
                     self._finish(layer, augmented, rank)
             if self._distributed:
                 self._broadcast_tucker_layers([layer for _, layer, _ in pending])
+            for _, layer, _ in pending:
+                self._record_factors(layer)
         self._steps_taken += 1
         return loss
 
-    def _collect(self):
+    def _record_factors(self, layer: TuckerLayer) -> None:
+        for factor in layer.factors:
+            self._written[id(factor)] = (factor._version, factor.data_ptr())
+
+    def _check_factors(self) -> set[int]:
+        """Check the factors written by someone else since this optimizer's last step
+        (all of them at the first step); repair those that are not orthonormal.
+
+        Returns the ids of repaired layers whose gradients are core and factor
+        gradients: they belong to the old factors, so those layers skip this step.
+        """
+        stale = set()
+        for group in self.param_groups:
+            for layer in self._tucker_layers(group):
+                if self._method(group, layer) == "vanilla":
+                    continue
+                if all(
+                    self._written.get(id(f)) == (f._version, f.data_ptr())
+                    for f in layer.factors
+                ):
+                    continue
+                errors = layer.orthonormality_error()
+                limits = [_orthonormality_tolerances(f) for f in layer.factors]
+                if all(e <= repair for e, (repair, _) in zip(errors, limits)):
+                    self._record_factors(layer)  # (a nan fails the test above)
+                    continue
+                if not all(math.isfinite(error) for error in errors):
+                    raise ValueError(
+                        f"TDLRT: {self._describe(layer)} has non-finite factors "
+                        "(written by something other than this optimizer); restore "
+                        "the weights from a checkpoint"
+                    )
+                ratios = [e / warn for e, (_, warn) in zip(errors, limits)]
+                mode = max(range(len(errors)), key=lambda m: ratios[m])
+                if ratios[mode] <= 1:  # rounding of a coarser format: repair quietly
+                    gradients = [p.grad for p in (layer.core, *layer.factors)]
+                    layer.orthonormalize()
+                    for parameter, grad in zip((layer.core, *layer.factors), gradients):
+                        parameter.grad = grad  # off by rounding only: still valid
+                    self._record_factors(layer)
+                    continue
+                gradients_lost = (
+                    layer.gradient_source == "factors" and layer.core.grad is not None
+                )
+                layer.orthonormalize()  # clears the core and factor gradients
+                self._record_factors(layer)
+                dropped = self.state[layer.core].pop("tucker_state", None)
+                message = (
+                    f"TDLRT: the factors of {self._describe(layer)} are not "
+                    f"orthonormal (max |U^T U - I| = {errors[mode]:.3g} in mode "
+                    f"{mode}, more than {limits[mode][1]:.3g} = 10 n eps): something "
+                    "other than TDLRT wrote them (another optimizer, copy_, "
+                    "load_state_dict). Re-orthonormalized by QR with the triangular "
+                    "factors folded into the core; the weight is unchanged"
+                )
+                if dropped is not None:
+                    message += "; the layer's momentum/Adam state was reset"
+                if gradients_lost:
+                    stale.add(id(layer))
+                    message += (
+                        "; its core and factor gradients belong to the old factors, "
+                        "so the layer is not updated in this step"
+                    )
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return stale
+
+    def _collect(self, stale: set[int] = frozenset()):
         """Per group: (group, [(layer, gradients)], [ordinary params with grads])."""
         plans = []
         for group in self.param_groups:
             layers, tucker_ids = [], set()
             for layer in self._tucker_layers(group):
+                if layer.weight_delta is not None:  # never an ordinary parameter
+                    tucker_ids.add(id(layer.weight_delta))
                 method = self._method(group, layer)
                 if method == "vanilla":
-                    continue  # its parameters are updated as ordinary ones
-                tucker_ids.update(id(p) for p in (layer.core, *layer.factors))
+                    continue  # its core and factors are updated as ordinary ones
+                tucker_ids.update(id(p) for p in layer.tucker_parameters())
+                if id(layer) in stale:
+                    continue
                 if layer.gradient_source == "weight":
                     gradient = layer.weight_gradient()
                     if gradient is not None:
