@@ -36,8 +36,11 @@ def value_and_grad(value_fn: Callable[..., Any]) -> Callable[..., tuple[Any, Any
 
     Raises
     ------
+    TypeError
+        If ``value_fn`` is not callable.
     NotImplementedError
-        When called on a backend without a provider (e.g. numpy).
+        Raised by the returned objective when it is called on a backend without a
+        provider (e.g. numpy).
     """
     if not callable(value_fn):
         raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")

@@ -32,7 +32,8 @@ def use_backend(name: str) -> Iterator[None]:
     Parameters
     ----------
     name : {'numpy', 'pytorch', 'cupy', 'jax', 'tensorflow', 'paddle'}
-        TensorLy backend to activate inside the block.
+        TensorLy backend to activate inside the block (tuckerflow is tested on
+        numpy, pytorch and cupy; see :func:`available_backends`).
 
     Raises
     ------

@@ -24,6 +24,20 @@ def contract(tensor: Any, matrices: Sequence[Any], modes: Sequence[int]) -> Any:
 
     Modes are contracted in decreasing order of shrink factor ``n_m / r_m``, which
     minimises the size of the intermediates (and hence the flops) for thin factors.
+
+    Parameters
+    ----------
+    tensor : tensor of shape (n_1, ..., n_d)
+        Dense tensor.
+    matrices : sequence of tensors of shape (n_m, r_m)
+        One per entry of ``modes``, in the same order.
+    modes : sequence of int
+        The modes to contract; the others are left untouched.
+
+    Returns
+    -------
+    tensor
+        ``tensor`` with ``n_m`` replaced by ``r_m`` in every mode of ``modes``.
     """
     # ties: later modes first, their product is one plain matmul without batching
     pairs = sorted(
@@ -48,8 +62,9 @@ def contract_all_but_one(
 
     Parameters
     ----------
-    tensor : tensor
-    matrices : sequence of tensors
+    tensor : tensor of shape (n_1, ..., n_d)
+        Dense tensor.
+    matrices : sequence of tensors of shape (n_j, r_j)
         ``matrices[j]`` has ``tensor.shape[j]`` rows (indexed by mode).
     modes : sequence of int, optional
         Modes taking part (default: all). Other modes are left untouched.
@@ -90,12 +105,14 @@ class GradientContractions:
     So a TDLRT step touches ``G`` about three times (width ``r``), which is the cost
     of three mode products; see ``benchmarks/step_cost.py``.
 
+    Nothing is validated; the passes over ``G`` happen in the constructor.
+
     Parameters
     ----------
-    grad : tensor
-        Dense gradient of shape ``(n_1, ..., n_d)``.
-    factors : sequence of tensors
-        Current factors ``U_i`` of shape ``(n_i, r_i)``.
+    grad : tensor of shape (n_1, ..., n_d)
+        Dense gradient ``G``.
+    factors : sequence of tensors of shape (n_i, r_i)
+        Current factors ``U_i``, orthonormal columns.
     """
 
     def __init__(self, grad: Any, factors: Sequence[Any]) -> None:
@@ -116,11 +133,21 @@ class GradientContractions:
             self.partial.update(contract_all_but_one(self.first, self.factors, others))
 
     def check_finite(self, name: str = "grad") -> None:
-        """Raise ValueError if the gradient holds NaN or Inf.
+        """Check that the gradient holds no NaN or Inf.
 
         Checked on ``G ×_f U_f^T``: every entry of ``G`` enters it (IEEE: ``NaN * 0``
         and ``Inf * 0`` are NaN), so this sees every non-finite entry at ``r_f / n_f``
         of the cost of scanning ``G``; it also catches overflow in the contraction.
+
+        Parameters
+        ----------
+        name : str, default "grad"
+            How the error message calls the gradient.
+
+        Raises
+        ------
+        ValueError
+            If the gradient holds NaN or Inf, or overflows when contracted.
         """
         if not is_finite(self.first):
             raise ValueError(
@@ -129,14 +156,29 @@ class GradientContractions:
             )
 
     def core_gradient(self) -> Any:
-        """``G ×_j U_j^T``: the gradient with respect to the core."""
+        """``G ×_j U_j^T``: the gradient with respect to the core.
+
+        Returns
+        -------
+        tensor of shape (r_1, ..., r_d)
+        """
         first = self.first_mode
         return mode_product(
             self.partial[first], self.factors[first], first, transpose=True
         )
 
     def unfolded_partial(self, mode: int) -> Any:
-        """``unfold(G ×_{j != i} U_j^T, i)``, of shape ``(n_i, prod_{j != i} r_j)``."""
+        """``unfold(G ×_{j != i} U_j^T, i)``: the unfolded partial contraction.
+
+        Parameters
+        ----------
+        mode : int
+            The mode ``i``.
+
+        Returns
+        -------
+        tensor of shape (n_i, prod_{j != i} r_j)
+        """
         return tl.unfold(self.partial[mode], mode)
 
     def galerkin(self, bases: Sequence[Any], embeddings: Sequence[Any]) -> Any:
@@ -150,6 +192,11 @@ class GradientContractions:
         embeddings : sequence of tensors
             ``Uhat_j^T U_j`` (``(rhat_j, r_j)``; its top block is the triangular factor
             ``R11`` with ``U_j = Uhat_j[:, :r_j] R11``).
+
+        Returns
+        -------
+        tensor of shape (rhat_1, ..., rhat_d)
+            The Galerkin gradient with respect to the augmented core.
         """
         first = self.first_mode
         rank = tl.shape(self.factors[first])[1]

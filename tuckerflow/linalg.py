@@ -47,12 +47,18 @@ def mode_product(
     Parameters
     ----------
     tensor : tensor of shape (..., n, ...)
+        Any tensor; ``n`` is its size in ``mode``.
     matrix : tensor of shape (m, n), or (n, m) with ``transpose=True``
+        The matrix applied to that mode.
     mode : int
+        The mode, ``0 <= mode < tensor.ndim``.
+    transpose : bool, default False
+        Apply ``matrix^T`` instead of ``matrix``.
 
     Returns
     -------
-    tensor with ``n`` replaced by ``m`` in position ``mode``
+    tensor of shape (..., m, ...)
+        ``n`` replaced by ``m`` in position ``mode``.
     """
     shape = tl.shape(tensor)
     size = shape[mode]
@@ -106,6 +112,9 @@ def set_host_factorizations(mode: bool | str) -> None:
     41.2 ms and of the small VGG from 73.7 to 88.1 ms: hence the default ``False``
     and the narrower ``"auto"`` rule.
 
+    The setting is a context variable: it holds for the current thread (and
+    asyncio task) from now on.
+
     Parameters
     ----------
     mode : {False, "auto", True}
@@ -113,6 +122,11 @@ def set_host_factorizations(mode: bool | str) -> None:
         eigendecompositions on the host when the matrix lives on a GPU (CuPy, or a
         CUDA torch tensor) and ``m * n * min(m, n) <= HOST_AUTO_MAX_WORK``; QR stays
         on the device. ``True``: every factorization on the host.
+
+    Raises
+    ------
+    ValueError
+        If ``mode`` is not ``True``, ``False`` or ``"auto"``.
 
     See Also
     --------
@@ -123,7 +137,20 @@ def set_host_factorizations(mode: bool | str) -> None:
 
 @contextmanager
 def host_factorizations(mode: bool | str = True) -> Iterator[None]:
-    """:func:`set_host_factorizations` for the duration of a ``with`` block."""
+    """:func:`set_host_factorizations` for the duration of a ``with`` block.
+
+    The previous setting is restored on exit, also when the block raises.
+
+    Parameters
+    ----------
+    mode : {True, "auto", False}, default True
+        As in :func:`set_host_factorizations`.
+
+    Raises
+    ------
+    ValueError
+        If ``mode`` is not ``True``, ``False`` or ``"auto"`` (before the block runs).
+    """
     token = _HOST_MODE.set(_check_host_mode(mode))
     try:
         yield
@@ -197,8 +224,14 @@ def fix_column_signs(vectors: Any, reference: Any | None = None) -> Any:
     Parameters
     ----------
     vectors : tensor of shape (n, k)
+        Columns to normalise.
     reference : tensor of shape (n, k), optional
         Decide the signs from this matrix instead (same sign pattern applied).
+
+    Returns
+    -------
+    tensor of shape (n, k)
+        ``vectors`` with some columns negated.
     """
     reference = vectors if reference is None else reference
     rows = tl.argmax(tl.abs(reference), axis=0)
@@ -240,12 +273,30 @@ def thin_svd(matrix: Any) -> tuple[Any, Any, Any]:
     Parameters
     ----------
     matrix : tensor of shape (m, n)
+        Real floating-point matrix of the active backend.
 
     Returns
     -------
     U : tensor of shape (m, k), k = min(m, n)
-    s : tensor of shape (k,), decreasing
+        Left singular vectors, orthonormal columns.
+    s : tensor of shape (k,)
+        Singular values, decreasing.
     Vt : tensor of shape (k, n)
+        Right singular vectors, orthonormal rows.
+
+    Raises
+    ------
+    ValueError
+        If ``matrix`` has NaN or Inf entries (detected from the backend's error or
+        from non-finite singular values).
+    Exception
+        Whatever the backend's SVD raises for another reason than
+        non-convergence, unchanged.
+
+    Warns
+    -----
+    RuntimeWarning
+        When both SVDs failed to converge and the Gram-matrix fallback was used.
     """
     try:
         left, values, right_t = _svd(matrix)
@@ -297,6 +348,14 @@ def _gram_svd(tall: Any) -> tuple[Any, Any, Any]:
 def left_singular(matrix: Any) -> tuple[Any, Any]:
     """Thin SVD keeping only the left side: ``matrix = P diag(s) (...)^T``.
 
+    Wide matrices (``n > 2 m``) go through the triangular factor of a QR of
+    ``matrix^T`` first, which is cheaper and has the same left singular vectors.
+
+    Parameters
+    ----------
+    matrix : tensor of shape (m, n)
+        Real floating-point matrix, e.g. an unfolding ``unfold(X, i)``.
+
     Returns
     -------
     P : tensor of shape (m, k), k = min(m, n)
@@ -325,6 +384,11 @@ def _triangular_factor(matrix: Any) -> Any:
 def thin_qr(matrix: Any) -> tuple[Any, Any]:
     """Reduced QR with ``diag(R) >= 0`` (unique for full column rank, on any backend).
 
+    Parameters
+    ----------
+    matrix : tensor of shape (m, n)
+        Real floating-point matrix.
+
     Returns
     -------
     Q : tensor of shape (m, k), k = min(m, n)
@@ -337,7 +401,19 @@ def thin_qr(matrix: Any) -> tuple[Any, Any]:
 
 
 def orthonormal_basis(matrix: Any) -> Any:
-    """Orthonormal basis of the columns of a tall matrix (Q of :func:`thin_qr`)."""
+    """Orthonormal basis of the columns of a tall matrix (Q of :func:`thin_qr`).
+
+    Parameters
+    ----------
+    matrix : tensor of shape (m, n)
+        Its columns span the space; rank-deficient columns are completed by
+        arbitrary orthonormal ones.
+
+    Returns
+    -------
+    tensor of shape (m, min(m, n))
+        Orthonormal columns.
+    """
     return thin_qr(matrix)[0]
 
 
@@ -363,7 +439,20 @@ def augment_basis(basis: Any, directions: Any) -> Any:
 
 
 def reciprocal_above(values: Any, cutoff: Any) -> Any:
-    """``1 / values`` where ``values > cutoff``, else 0 (no division by zero)."""
+    """``1 / values`` where ``values > cutoff``, else 0 (no division by zero).
+
+    Parameters
+    ----------
+    values : tensor of shape (k,)
+        Singular values, say.
+    cutoff : float or 0-d tensor
+        Absolute threshold, in the units of ``values``.
+
+    Returns
+    -------
+    tensor of shape (k,)
+        The truncated reciprocals.
+    """
     safe = tl.where(values > cutoff, values, values * 0 + 1)
     return tl.where(values > cutoff, 1 / safe, values * 0)
 
@@ -373,6 +462,16 @@ def pseudo_inverse_rows(matrix: Any) -> Any:
 
     Singular values below ``max(shape) * eps * sigma_max`` are treated as zero (the
     NumPy ``pinv`` convention).
+
+    Parameters
+    ----------
+    matrix : tensor of shape (m, n)
+        Real floating-point matrix (typically ``m <= n``, a core unfolding).
+
+    Returns
+    -------
+    tensor of shape (n, m)
+        ``pinv(matrix)``.
     """
     left, values, right_t = thin_svd(matrix)
     eps = float(tl.finfo(matrix.dtype).eps)

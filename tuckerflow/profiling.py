@@ -53,7 +53,13 @@ def record_phases(sync: Callable[[], None] | None = None) -> Iterator[dict]:
 
 @contextmanager
 def phase(name: str) -> Iterator[None]:
-    """Attribute the enclosed code to ``name`` when a recorder is active."""
+    """Attribute the enclosed code to ``name`` when a recorder is active.
+
+    Parameters
+    ----------
+    name : str
+        Phase name, the key of the seconds in :func:`record_phases`'s dict.
+    """
     active = _RECORDER.get()
     if active is None:
         yield

@@ -80,6 +80,7 @@ def random_tucker(
         always a multilinear rank (e.g. ``random_tucker((3, 8, 8), 5)`` has rank
         ``(3, 5, 5)`` and ``random_tucker((2, 2, 10), 10)`` rank ``(2, 2, 4)``).
     random_state : None, int or numpy.random.RandomState
+        Seed or generator (``None``: NumPy's global state).
     dtype : backend dtype, optional
         Default: float64 of the active backend.
     singular_values : sequence of float, optional
@@ -102,7 +103,8 @@ def random_tucker(
         If ``shape`` has fewer than 2 modes or a size that is not a positive int; if
         ``rank`` is below 1, or is a sequence of the wrong length or with
         ``r_i > n_i`` or ``r_i > prod_{j != i} r_j``; if ``singular_values`` has the
-        wrong length or a value that is not finite and positive.
+        wrong length or a value that is not finite and positive; if ``random_state``
+        is not None, an int or a ``numpy.random.RandomState``.
     TypeError
         If ``shape`` is not a sequence, or ``rank`` not an int or a sequence of ints.
 

@@ -34,6 +34,13 @@ def parameter_count(shape: Sequence[int], rank: Sequence[int]) -> int:
     Returns
     -------
     int
+        Entries of the core (``prod(rank)``) plus entries of the factors
+        (``sum(n_i r_i)``).
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` and ``rank`` have different lengths.
 
     Examples
     --------
@@ -73,6 +80,7 @@ def ranks_from_tolerance(
     Returns
     -------
     tuple of int
+        One rank per mode, ``min_rank[i] <= r_i <= max_rank[i]``.
     """
     ranks = []
     limit = threshold**2
@@ -121,6 +129,8 @@ def ranks_from_budget(
     Returns
     -------
     tuple of int
+        One rank per mode, within the bounds, with
+        ``parameter_count(shape, ranks) <= budget``.
 
     Raises
     ------
@@ -273,17 +283,24 @@ def ranks_from_global_budget(
     Parameters
     ----------
     problems : sequence of dict
+        One per tensor, with keys ``spectra`` (sequence of 1-D arrays or None),
+        ``shape`` and ``min_rank``, ``max_rank`` (sequences of int, one per mode) and
+        ``norm`` (float, the Frobenius norm, in the units of the entries).
     budget : int
+        Maximum total parameter count ``sum_k (prod(r_k) + sum_i n_{k,i} r_{k,i})``.
     criterion : {'tolerance', 'energy', 'energy_per_parameter'}
+        How to share the budget (see above).
 
     Returns
     -------
     list of tuple of int
+        The ranks of every tensor, in the order of ``problems``.
 
     Raises
     ------
     ValueError
-        If the minimum ranks of all tensors together exceed the budget.
+        If ``criterion`` is not one of the three names, or the minimum ranks of all
+        tensors together exceed the budget.
     """
     if criterion not in GLOBAL_CRITERIA:
         raise ValueError(

@@ -1,4 +1,9 @@
-"""Retraction: from ``Y + xi`` back to the Tucker manifold by truncated HOSVD."""
+"""Retraction: from ``Y + xi`` back to the Tucker manifold by truncated HOSVD.
+
+The truncated-HOSVD retraction of Tucker tensors is analysed in D. Kressner,
+M. Steinlechner, B. Vandereycken, "Low-rank tensor completion by Riemannian
+optimization", BIT Numer. Math. 54(2), 447-468, 2014.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,25 @@ def augmented_sum(
         Y + xi = [(C + dC) ×_j E_j + sum_i C ×_i B_i ×_{j != i} E_j] ×_j Uhat_j,
 
     which holds whether or not ``dU_i`` is orthogonal to ``U_i``. Cost
-    ``O(sum_i n_i r_i^2 + d prod(2 r) r)``; nothing of full size is formed.
+    ``O(sum_i n_i r_i^2 + d prod(2 r) r)``; nothing of full size is formed. Inputs
+    are not validated (see :func:`retract`).
+
+    Parameters
+    ----------
+    core : tensor of shape (r_1, ..., r_d)
+        Core ``C`` of the point.
+    factors : sequence of tensors of shape (n_i, r_i)
+        Orthonormal factors ``U_i`` of the point.
+    tangent : TangentVector
+        ``xi = (dC, [dU_i])`` with ``dC`` of shape ``(r_1, ..., r_d)`` and ``dU_i`` of
+        shape ``(n_i, r_i)``.
+
+    Returns
+    -------
+    core : tensor of shape (rhat_1, ..., rhat_d)
+        The bracket above, ``rhat_i = min(n_i, 2 r_i)``.
+    bases : list of tensors of shape (n_i, rhat_i)
+        ``Uhat_i``, orthonormal, first columns spanning ``U_i``.
     """
     bases = [augment_basis(u, du) for u, du in zip(factors, tangent.factors)]
     embed = [tl.dot(tl.transpose(b), u) for b, u in zip(bases, factors)]
@@ -52,29 +75,65 @@ def retract(
     min_rank: RankSpec = 1,
     max_rank: RankSpec = None,
 ) -> TuckerTensor:
-    """Truncated-HOSVD retraction ``R(Y, xi) = HOSVD_r(Y + xi)``.
+    """Truncated-HOSVD retraction ``R(Y, xi) = HOSVD_r(Y + xi)`` [1]_.
 
     ``Y + xi`` is written exactly in orthonormal bases of ``[U_i, dU_i]`` with a core of
-    size at most ``2 r`` per mode (:func:`augmented_sum`); the HOSVD of that small core
-    gives the result. A first-order retraction:
-    ``||R(Y, t xi) - (Y + t xi)|| = O(t^2)``.
+    size at most ``2 r`` per mode (:func:`augmented_sum`); the HOSVD [2]_ of that
+    small core gives the result. A first-order retraction:
+    ``||R(Y, t xi) - (Y + t xi)|| = O(t^2)``; the result is a quasi-best
+    approximation of ``Y + xi`` (within ``sqrt(d)`` of the best of its rank).
 
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-        Point (orthonormal factors).
+        Point: core of shape ``(r_1, ..., r_d)``, factors of shapes ``(n_i, r_i)``
+        with orthonormal columns.
     tangent : TangentVector
-        Tangent vector at ``tucker``.
+        Tangent vector at ``tucker``: ``dC`` of shape ``(r_1, ..., r_d)``, ``dU_i`` of
+        shape ``(n_i, r_i)`` (the gauge ``U_i^T dU_i = 0`` is not required).
     rank : int or sequence of int, optional
-        Rank of the result. Default: the rank of ``tucker`` (fixed-rank retraction),
-        unless ``tol`` is given.
-    tol, relative, min_rank, max_rank
-        Rank-adaptive retraction: keep the smallest ranks with total relative (or
-        absolute) truncation error at most ``tol`` (see :func:`tuckerflow.hosvd`).
+        Rank of the result, at most ``min(n_i, 2 r_i)`` per mode. Default: the rank
+        of ``tucker`` (fixed-rank retraction), unless ``tol`` is given.
+    tol : float, optional
+        Rank-adaptive retraction: keep the smallest ranks with total truncation error
+        ``||R(Y, xi) - (Y + xi)||`` at most ``tol * ||Y + xi||`` (``relative``, a
+        fraction in ``[0, 1)``) or ``tol`` (absolute, units of the entries); see
+        :func:`tuckerflow.hosvd`.
+    relative : bool, default True
+        Whether ``tol`` is relative to ``||Y + xi||``.
+    min_rank, max_rank : int or sequence of int, optional
+        Bounds on the ranks chosen by ``tol``.
 
     Returns
     -------
     TuckerTensor
+        Core of shape ``(s_1, ..., s_d)``, ``s_i <= min(n_i, 2 r_i)``, and factors of
+        shapes ``(n_i, s_i)`` with orthonormal columns.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype; if
+        ``tangent`` is not a :class:`~tuckerflow.TangentVector` or its components
+        are not tensors of the active backend; if ``rank``, ``min_rank`` or
+        ``max_rank`` is not an int or a sequence of ints, or ``tol`` not a real
+        number.
+    ValueError
+        If ``tucker`` is malformed or its factors are not orthonormal; if the
+        shapes of ``tangent`` do not match the point or it holds NaN or Inf; if both
+        ``rank`` and ``tol`` are given; if ``rank[i]`` is below 1 or above
+        ``min(n_i, 2 r_i)`` (one retraction can at most double a rank); if
+        ``min_rank`` or ``max_rank`` is out of range or ``min_rank > max_rank``; if
+        ``tol`` is not finite, outside ``[0, 1)`` with ``relative=True``, or
+        negative.
+
+    References
+    ----------
+    .. [1] D. Kressner, M. Steinlechner, B. Vandereycken, "Low-rank tensor completion
+       by Riemannian optimization", BIT Numer. Math. 54(2), 447-468, 2014.
+    .. [2] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000.
 
     Examples
     --------

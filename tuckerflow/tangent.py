@@ -5,7 +5,10 @@ At ``Y = C ×_i U_i`` (orthonormal ``U_i``) a tangent vector is
     dY = dC ×_i U_i + sum_i C ×_i dU_i ×_{j != i} U_j,    U_i^T dU_i = 0,
 
 stored as :class:`TangentVector` ``(dC, [dU_1, ..., dU_d])`` and never densified unless
-asked (:func:`tangent_to_tensor`).
+asked (:func:`tangent_to_tensor`). The parametrization, its gauge condition and the
+orthogonal projection are those of O. Koch, C. Lubich, "Dynamical tensor
+approximation", SIAM J. Matrix Anal. Appl. 31(5), 2360-2375, 2010; the Concepts page
+("The manifold and its tangent space") has the mathematics.
 """
 
 from __future__ import annotations
@@ -37,12 +40,23 @@ class TangentVector:
     Tangent vectors at the same point form a vector space; ``+``, ``-`` and scalar
     ``*`` act componentwise (the gauge ``U_i^T dU_i = 0`` is linear, so it is kept).
 
+    Nothing is validated here; the functions that take a tangent vector
+    (:func:`tangent_to_tensor`, :func:`inner`, :func:`tuckerflow.retract`) check its
+    shapes against their point. Combining two vectors of different ranks raises
+    ``ValueError``.
+
     Parameters
     ----------
     core : tensor of shape (r_1, ..., r_d)
         Core variation ``dC``.
     factors : sequence of tensors of shape (n_i, r_i)
-        Factor variations ``dU_i``, orthogonal to the point's ``U_i``.
+        Factor variations ``dU_i``, orthogonal to the point's ``U_i`` (the gauge
+        ``U_i^T dU_i = 0``).
+
+    References
+    ----------
+    .. [1] O. Koch, C. Lubich, "Dynamical tensor approximation", SIAM J. Matrix Anal.
+       Appl. 31(5), 2360-2375, 2010.
     """
 
     __slots__ = ("core", "factors")
@@ -146,27 +160,53 @@ def project_unchecked(core: Any, factors: Sequence[Any], ambient: Any) -> Tangen
 def project(tucker: Any, ambient: Any) -> TangentVector:
     """Orthogonal projection of a dense tensor onto the tangent space at ``tucker``.
 
-    Components: ``dC = Z ×_j U_j^T`` and
+    Components [1]_: ``dC = Z ×_j U_j^T`` and
     ``dU_i = (I - U_i U_i^T) unfold(Z ×_{j != i} U_j^T, i) pinv(unfold(C, i))``.
     The contractions with ``Z`` are shared between modes
-    (:class:`tuckerflow.contractions.GradientContractions`).
+    (:class:`tuckerflow.contractions.GradientContractions`). For a Euclidean gradient
+    the result is the Riemannian gradient (see the Concepts page, "The manifold and
+    its tangent space").
 
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-        Point on the manifold (orthonormal factors, full multilinear rank).
-    ambient : tensor
-        Dense tensor of the point's full shape, e.g. a Euclidean gradient.
+        Point on the manifold: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns (full multilinear rank expected;
+        singular values of ``unfold(C, i)`` below ``max(shape) * eps * sigma_max``
+        are treated as zero by the pseudo-inverse).
+    ambient : tensor of shape (n_1, ..., n_d)
+        Dense tensor of the point's full shape and dtype, e.g. a Euclidean gradient.
 
     Returns
     -------
     TangentVector
+        ``(dC, [dU_1, ..., dU_d])`` with ``dC`` of shape ``(r_1, ..., r_d)`` and
+        ``dU_i`` of shape ``(n_i, r_i)``, ``U_i^T dU_i = 0``; in the units of
+        ``ambient``'s entries.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype; if
+        ``ambient`` is not a tensor of the active backend, has no real floating-point
+        dtype, or has a dtype other than the point's.
+    ValueError
+        If ``tucker`` is malformed (core with fewer than 2 modes, not one factor per
+        mode, mismatched shapes, NaN or Inf entries) or its factors are not
+        orthonormal; if ``ambient`` has fewer than 2 modes, NaN or Inf entries, or a
+        shape other than ``(n_1, ..., n_d)``.
 
     Notes
     -----
     ``pinv(unfold(C, i))`` is where the curvature enters: its norm is
     ``1 / sigma_min(unfold(C, i))``. Integrators that avoid it are in
     :mod:`tuckerflow.integrators`.
+
+    References
+    ----------
+    .. [1] O. Koch, C. Lubich, "Dynamical tensor approximation", SIAM J. Matrix Anal.
+       Appl. 31(5), 2360-2375, 2010.
     """
     core, factors = check_tucker(tucker, "tucker")
     check_dense(ambient, "ambient")
@@ -198,12 +238,27 @@ def projected_norm(tucker: Any, ambient: Any) -> float:
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-    ambient : tensor
-        Dense tensor of the full shape.
+        Point: core of shape ``(r_1, ..., r_d)``, factors of shapes ``(n_i, r_i)``
+        with orthonormal columns.
+    ambient : tensor of shape (n_1, ..., n_d)
+        Dense tensor of the point's full shape, e.g. a Euclidean gradient.
 
     Returns
     -------
     float
+        ``||P(Y) Z||`` (Frobenius norm), in the units of ``ambient``'s entries.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype, or
+        ``ambient`` not a tensor of the active backend with a real floating-point
+        dtype.
+    ValueError
+        If ``tucker`` is malformed or its factors are not orthonormal (as in
+        :func:`project`); if ``ambient`` has fewer than 2 modes, NaN or Inf entries,
+        or a shape other than ``(n_1, ..., n_d)``.
     """
     core, factors = check_tucker(tucker, "tucker")
     check_dense(ambient, "ambient")
@@ -228,11 +283,28 @@ def tangent_to_tensor(tucker: Any, tangent: TangentVector) -> Any:
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
+        Point: core of shape ``(r_1, ..., r_d)``, factors of shapes ``(n_i, r_i)``
+        with orthonormal columns.
     tangent : TangentVector
+        Tangent vector at ``tucker``: ``dC`` of shape ``(r_1, ..., r_d)``, ``dU_i`` of
+        shape ``(n_i, r_i)``.
 
     Returns
     -------
-    tensor of the full shape
+    tensor of shape (n_1, ..., n_d)
+        The tangent vector as a dense tensor (cost ``O(d prod(n) r)``).
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a valid Tucker tensor of the active backend (as in
+        :func:`project`); if ``tangent`` is not a :class:`TangentVector` or its
+        components are not tensors of the active backend.
+    ValueError
+        If ``tucker`` is malformed or its factors are not orthonormal; if
+        ``tangent.core`` does not have the point's rank, ``tangent`` does not have one
+        factor per mode, a ``tangent.factors[i]`` is not of shape ``(n_i, r_i)``, or a
+        component holds NaN or Inf.
     """
     core, factors = check_tucker(tucker, "tucker")
     tangent = _check_tangent(tangent, core, factors, "tangent")
@@ -249,11 +321,35 @@ def inner(tucker: Any, tangent_a: TangentVector, tangent_b: TangentVector) -> fl
 
     With the gauge ``U_i^T dU_i = 0`` the cross terms vanish and
     ``<a, b> = <dC_a, dC_b> + sum_i trace(dU_a,i^T dU_b,i C_(i) C_(i)^T)``,
-    at cost ``O(sum_i n_i r_i^2 + prod(r) sum_i r_i)``.
+    at cost ``O(sum_i n_i r_i^2 + prod(r) sum_i r_i)``. It equals the Frobenius inner
+    product of the dense tensors (:func:`tangent_to_tensor`) when both vectors satisfy
+    the gauge ``U_i^T dU_i = 0``.
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+        Point: core of shape ``(r_1, ..., r_d)``, factors of shapes ``(n_i, r_i)``
+        with orthonormal columns.
+    tangent_a, tangent_b : TangentVector
+        Tangent vectors at ``tucker``: cores of shape ``(r_1, ..., r_d)``, factors of
+        shapes ``(n_i, r_i)``.
 
     Returns
     -------
     float
+        ``<a, b>``, in the product of the two vectors' units.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a valid Tucker tensor of the active backend (as in
+        :func:`project`); if ``tangent_a`` or ``tangent_b`` is not a
+        :class:`TangentVector` or its components are not tensors of the active
+        backend.
+    ValueError
+        If ``tucker`` is malformed or its factors are not orthonormal; if a tangent
+        vector's shapes do not match the point (as in :func:`tangent_to_tensor`) or
+        it holds NaN or Inf.
     """
     core, factors = check_tucker(tucker, "tucker")
     tangent_a = _check_tangent(tangent_a, core, factors, "tangent_a")
@@ -269,14 +365,32 @@ def inner(tucker: Any, tangent_a: TangentVector, tangent_b: TangentVector) -> fl
 def random_tangent(tucker: Any, *, random_state: Any = None) -> TangentVector:
     """Gaussian tangent vector at ``tucker`` (Gaussian components, gauge enforced).
 
+    The components are drawn with NumPy and moved to the active backend (dtype and
+    device of the core), so a seed gives the same vector on every backend.
+
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
+        Point: core of shape ``(r_1, ..., r_d)``, factors of shapes ``(n_i, r_i)``
+        with orthonormal columns.
     random_state : None, int or numpy.random.RandomState
+        Seed or generator (``None``: NumPy's global state).
 
     Returns
     -------
     TangentVector
+        ``dC`` of shape ``(r_1, ..., r_d)`` with standard normal entries and ``dU_i =
+        (I - U_i U_i^T) X_i`` of shape ``(n_i, r_i)`` for standard normal ``X_i``.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a valid Tucker tensor of the active backend (as in
+        :func:`project`).
+    ValueError
+        If ``tucker`` is malformed or its factors are not orthonormal; if
+        ``random_state`` is not None, an int or a ``numpy.random.RandomState`` (a
+        ``numpy.random.Generator`` is not accepted).
     """
     core, factors = check_tucker(tucker, "tucker")
     rng = tl.check_random_state(random_state)

@@ -2,6 +2,11 @@
 
 Both reuse the TDLRT pieces: the QR reparametrization, the K-step, the lift and the
 truncation (docs/concepts.rst, section 'Variants').
+
+Sources: G. Ceruti, C. Lubich, "An unconventional robust integrator for dynamical
+low-rank approximation", BIT Numer. Math. 62, 23-44, 2022 (fixed-rank BUG);
+G. Ceruti, J. Kusch, C. Lubich, "A parallel rank-adaptive integrator for dynamical
+low-rank approximation", SIAM J. Sci. Comput. 46(3), 2024 (parallel BUG).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def bug_step(
     *,
     grad_fn: Callable[[Any], Any],
 ) -> TuckerTensor:
-    """Fixed-rank BUG step: new bases from the K-steps, then a Galerkin core step there.
+    """Fixed-rank BUG step [1]_: new bases from the K-steps, then a Galerkin core step.
 
     1. ``K_i1 = U_i S_i - lr * dL/dK_i`` (as in :func:`tdlrt_step`), ``Uhat_i =
        orth(K_i1)`` with the same number of columns as ``U_i``.
@@ -53,19 +58,47 @@ def bug_step(
     3. ``C1 = Chat0 - lr * grad_fn(Chat0 ×_i Uhat_i) ×_i Uhat_i^T``: a *second*
        gradient, at the new point (unlike TDLRT, the lifted point is not ``Y0``).
 
+    No truncation: the rank never changes (see "Variants" on the Concepts page).
+
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-    grad : tensor
-        Euclidean gradient at ``tucker``.
+        Current point: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns.
+    grad : tensor of shape (n_1, ..., n_d)
+        Dense Euclidean gradient at ``tucker``, in the point's dtype.
     lr : float
+        Step size ``h > 0`` (the time step of the gradient flow).
     grad_fn : callable
-        ``grad_fn(dense_tensor) -> dense gradient``; called once, at the new basis.
+        ``grad_fn(dense_tensor) -> dense gradient``: the Euclidean gradient at a
+        dense tensor of shape ``(n_1, ..., n_d)``, returned with that shape and the
+        point's dtype; called once, at the new basis.
 
     Returns
     -------
     TuckerTensor
-        Same rank as ``tucker``.
+        Same rank as ``tucker``: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype; if ``grad``
+        (or what ``grad_fn`` returns) is not a tensor of the active backend with the
+        point's real floating-point dtype; if ``lr`` is not a real number; if
+        ``grad_fn`` is not callable.
+    ValueError
+        If ``tucker`` is malformed (core with fewer than 2 modes, not one factor per
+        mode, mismatched shapes, NaN or Inf entries) or its factors are not
+        orthonormal; if ``grad`` (or what ``grad_fn`` returns) does not have the shape
+        ``(n_1, ..., n_d)`` or holds NaN or Inf; if ``lr`` is not finite and
+        positive.
+
+    References
+    ----------
+    .. [1] G. Ceruti, C. Lubich, "An unconventional robust integrator for dynamical
+       low-rank approximation", BIT Numer. Math. 62, 23-44, 2022.
     """
     core, factors, lr = check_step_inputs(tucker, grad, lr)
     if not callable(grad_fn):
@@ -102,7 +135,7 @@ def parallel_bug_step(
     budget: int | None = None,
     state: OptimizerState | None = None,
 ) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
-    """Parallel BUG step: every block from one gradient, then truncation.
+    """Parallel BUG step [1]_: every block from one gradient, then truncation.
 
     * core step in the old bases: ``C1 = C - lr * G ×_j U_j^T``;
     * new directions ``Utilde_i = orth((I - U_i U_i^T) K_i1)``;
@@ -111,10 +144,63 @@ def parallel_bug_step(
     * truncation as in :func:`tdlrt_step`.
 
     It touches the gradient only through ``G ×_{j != i} U_j^T`` (no Galerkin
-    contraction with the augmented bases), so it is cheaper than TDLRT per step.
-    Parameters and return value as in :func:`tdlrt_step`. With an optimizer state, the
-    core state drives the all-old block and the K state the new directions (the core
-    state of new directions starts at zero).
+    contraction with the augmented bases), so it is cheaper than TDLRT per step (see
+    "Variants" on the Concepts page). With an optimizer state, the core state drives
+    the all-old block and the K state the new directions (the core state of new
+    directions starts at zero).
+
+    Parameters
+    ----------
+    tucker : TuckerTensor or (core, factors)
+        Current point: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns.
+    grad : tensor of shape (n_1, ..., n_d)
+        Dense Euclidean gradient ``G`` at ``tucker``, in the point's dtype.
+    lr : float
+        Step size ``h > 0`` (the time step of the gradient flow).
+    tol : float, optional
+        Truncation tolerance, relative to the norm of the augmented core (a fraction
+        in ``[0, 1)``) or absolute (``relative=False``, units of the entries), as in
+        :func:`tdlrt_step`.
+    relative : bool, default True
+        Whether ``tol`` is relative.
+    min_rank, max_rank : int or sequence of int, optional
+        Bounds for the new ranks (``max_rank`` defaults to the mode sizes).
+    rank : int or sequence of int, optional
+        Fixed rank after the step instead of a tolerance, at most
+        ``min(n_i, r_i + k_i)`` per mode as in :func:`tdlrt_step`.
+    budget : int, optional
+        Parameter budget ``prod(r) + sum(n_i r_i)`` for the new ranks.
+    state : Momentum or Adam, optional
+        Optimizer state built for ``tucker``.
+
+    Returns
+    -------
+    TuckerTensor or (TuckerTensor, OptimizerState)
+        The new point, core of shape ``(s_1, ..., s_d)`` with
+        ``s_i <= min(n_i, 2 r_i)`` and orthonormal factors of shapes ``(n_i, s_i)``;
+        ``(TuckerTensor, state)`` when ``state`` was given.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker``, ``grad``, ``lr``, ``state`` or the rank rule have the wrong
+        type, exactly as in :func:`tdlrt_step`: ``tucker`` not a Tucker tensor of the
+        active backend with one real floating-point dtype, ``grad`` not such a tensor
+        of the point's dtype, ``lr`` not a real number, ``state`` not a Momentum or
+        Adam state, ``rank``/``min_rank``/``max_rank`` not ints, ``tol`` not a real
+        number, ``budget`` not an int.
+    ValueError
+        As in :func:`tdlrt_step`: a malformed or non-orthonormal ``tucker``; a
+        ``grad`` of the wrong shape or with NaN or Inf; ``lr`` not finite and
+        positive; ``state`` buffers of another point; not exactly one of ``tol``,
+        ``rank`` and ``budget``; a ``rank``, ``min_rank``, ``max_rank``, ``tol`` or
+        ``budget`` out of range.
+
+    References
+    ----------
+    .. [1] G. Ceruti, J. Kusch, C. Lubich, "A parallel rank-adaptive integrator for
+       dynamical low-rank approximation", SIAM J. Sci. Comput. 46(3), 2024.
     """
     core, factors, lr = check_step_inputs(tucker, grad, lr, state)
     reparams = [reparametrize(core, mode) for mode in range(len(factors))]
@@ -158,7 +244,7 @@ def parallel_bug_update(
     budget: int | None = None,
     state: OptimizerState | None = None,
 ) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
-    """:func:`parallel_bug_step` from the projected gradients instead of the dense one.
+    """:func:`parallel_bug_step` [1]_ from the projected gradients, not the dense one.
 
     For callers that never form the dense gradient, e.g. a factorized network layer
     whose backward pass yields the factor gradients
@@ -167,13 +253,43 @@ def parallel_bug_update(
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-    core_grad : tensor
+        Current point: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns.
+    core_grad : tensor of shape (r_1, ..., r_d)
         ``dL/dC = G ×_j U_j^T``, shaped like the core.
-    k_grads : sequence of tensors
-        ``dL/dK_i = unfold(G ×_{j != i} U_j^T, i) Q_i``, of shape ``(n_i, k_i)`` with
-        ``Q_i`` from the QR of ``unfold(C, i)^T`` (see :func:`reparametrize`).
+    k_grads : sequence of tensors of shape (n_i, k_i)
+        One per mode: ``dL/dK_i = unfold(G ×_{j != i} U_j^T, i) Q_i`` with
+        ``k_i = min(r_i, prod_{j != i} r_j)`` and ``Q_i`` from the QR
+        ``unfold(C, i)^T = Q_i S_i^T`` (see "The K-step reparametrization" on the
+        Concepts page).
     lr, tol, relative, min_rank, max_rank, rank, budget, state
         As in :func:`parallel_bug_step`.
+
+    Returns
+    -------
+    TuckerTensor or (TuckerTensor, OptimizerState)
+        As :func:`parallel_bug_step`.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a Tucker tensor of the active backend with one real
+        floating-point dtype; if ``core_grad`` or a ``k_grads[i]`` is not a tensor of
+        the active backend; if ``lr`` is not a real number; if ``state`` is not a
+        Momentum or Adam state; if the rank rule has the wrong type (as in
+        :func:`tdlrt_step`).
+    ValueError
+        If ``tucker`` is malformed or its factors are not orthonormal; if
+        ``core_grad`` is not shaped like the core, ``k_grads`` does not hold one
+        gradient per mode, a ``k_grads[i]`` is not of shape ``(n_i, k_i)``, or any of
+        them holds NaN or Inf; if ``lr`` is not finite and positive; if ``state``
+        belongs to another point; if the rank rule is missing or out of range (as in
+        :func:`tdlrt_step`).
+
+    References
+    ----------
+    .. [1] G. Ceruti, J. Kusch, C. Lubich, "A parallel rank-adaptive integrator for
+       dynamical low-rank approximation", SIAM J. Sci. Comput. 46(3), 2024.
     """
     core, factors = check_tucker(tucker, "tucker")
     lr = check_positive(lr, "lr")
@@ -386,13 +502,30 @@ def k_gradients_from_factor_gradients(
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-    factor_grads : sequence of tensors
-        ``dL/dU_i``, shaped like the factors.
+        Current point: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns.
+    factor_grads : sequence of tensors of shape (n_i, r_i)
+        ``dL/dU_i``, one per mode, shaped like the factors.
     rcond : float, optional
+        Relative cutoff (a fraction of ``sigma_max(S_i)``, dimensionless); default
+        ``sqrt(eps)`` of the dtype. Not validated.
 
     Returns
     -------
-    list of tensors of shape ``(n_i, k_i)``
+    list of tensors of shape (n_i, k_i)
+        ``dL/dK_i`` with ``k_i = min(r_i, prod_{j != i} r_j)``, as
+        :func:`parallel_bug_update` takes them.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a Tucker tensor of the active backend with one real
+        floating-point dtype, or a ``factor_grads[i]`` is not a tensor of the active
+        backend.
+    ValueError
+        If ``tucker`` is malformed or its factors are not orthonormal; if
+        ``factor_grads`` does not hold one gradient per mode or a
+        ``factor_grads[i]`` is not shaped like ``factors[i]``.
     """
     core, factors = check_tucker(tucker, "tucker")
     if len(factor_grads) != len(factors):

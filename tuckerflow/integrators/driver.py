@@ -67,7 +67,18 @@ class History:
 
 @dataclasses.dataclass
 class IntegrationResult:
-    """Final point, history and optimizer state of :func:`integrate`."""
+    """Final point, history and optimizer state of :func:`integrate`.
+
+    Parameters
+    ----------
+    tucker : TuckerTensor
+        The final point: core of shape ``(r_1, ..., r_d)`` (the final ranks),
+        factors of shapes ``(n_i, r_i)``.
+    history : History
+        What happened at every step.
+    state : Momentum or Adam, optional
+        The optimizer state at the final point, when one was passed in.
+    """
 
     tucker: TuckerTensor
     history: History
@@ -85,6 +96,13 @@ class IntegrationError(RuntimeError):
     ``result.tucker`` is the point after ``result.steps`` completed steps (the one at
     which the failing evaluation or step started) and ``result.history`` the history
     up to it. When the failure was an exception, it is chained as ``__cause__``.
+
+    Parameters
+    ----------
+    message : str
+        What failed, at which step.
+    result : IntegrationResult
+        The last good point, the history so far and the optimizer state.
     """
 
     def __init__(self, message: str, result: IntegrationResult) -> None:
@@ -116,6 +134,11 @@ def integrate(
 ) -> IntegrationResult:
     """Minimise a tensor objective (or integrate a gradient flow) in Tucker format.
 
+    Runs ``steps`` steps of one integrator (TDLRT [1]_ by default, or parallel BUG
+    [2]_, fixed-rank BUG [3]_, Riemannian gradient descent [4]_ or vanilla factor
+    SGD), evaluating ``objective`` once per step (twice for ``bug``), and records
+    every iterate's loss, ranks and parameter count and every step's wall time.
+
     Parameters
     ----------
     objective : callable or None
@@ -125,12 +148,16 @@ def integrate(
         active backend); ``objective(tensor, batch)`` when ``batches`` is given.
         ``None`` with ``value_fn`` on an autodiff backend.
     tucker0 : TuckerTensor or (core, factors)
-        Starting point (orthonormal factors).
+        Starting point: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns (any factors for ``vanilla``).
     method : {'tdlrt', 'parallel_bug', 'bug', 'rgd', 'vanilla'}
+        The step: :func:`tdlrt_step`, :func:`parallel_bug_step`, :func:`bug_step`,
+        :func:`rgd_step` or :func:`vanilla_step`.
     lr : float or callable
-        Step size, or ``lr(step) -> float`` (e.g. a Robbins-Monro schedule).
+        Step size ``h > 0`` (the time step of the gradient flow), or
+        ``lr(step) -> float`` for step ``0, 1, ...`` (e.g. a Robbins-Monro schedule).
     steps : int
-        Maximum number of steps.
+        Maximum number of steps (``>= 0``).
     tol : float, optional
         Truncation tolerance of the rank-adaptive methods (see :func:`tdlrt_step`).
     callback : callable, optional
@@ -154,6 +181,8 @@ def integrate(
     Returns
     -------
     IntegrationResult
+        The final point, the :class:`History` (losses, ranks, parameter counts,
+        per-step wall time in seconds and step sizes) and the final ``state``.
 
     Raises
     ------
@@ -169,15 +198,32 @@ def integrate(
         step 0. Before the first step completes nothing has been computed, so what
         the objective or the step raises there propagates unchanged (e.g. the
         step's ``ValueError`` for a ``rank`` it cannot reach).
+        Also if ``objective`` (or ``value_fn``) is not callable, and, from the check of
+        ``tucker0``, if it is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype.
     ValueError
-        For an unknown ``method``, a negative ``steps``, ``tol`` with a fixed-rank
-        method, or ``state`` with a method that keeps none.
+        For an unknown ``method``, a ``steps`` that is not a non-negative int,
+        ``tol`` with a fixed-rank method, ``state`` with a method that keeps none,
+        neither or both of ``objective`` and ``value_fn``; for a malformed
+        ``tucker0`` (shapes, NaN or Inf) or one whose factors are not orthonormal
+        (except with ``vanilla``).
+    NotImplementedError
+        At step 0, if ``value_fn`` is used on a backend without automatic
+        differentiation (e.g. numpy).
+    ImportError
+        If ``progress=True`` and tqdm is not installed.
 
     References
     ----------
     .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
        "Geometry-aware training of factorized layers in tensor Tucker format",
        NeurIPS 2024.
+    .. [2] G. Ceruti, J. Kusch, C. Lubich, "A parallel rank-adaptive integrator for
+       dynamical low-rank approximation", SIAM J. Sci. Comput. 46(3), 2024.
+    .. [3] G. Ceruti, C. Lubich, "An unconventional robust integrator for dynamical
+       low-rank approximation", BIT Numer. Math. 62, 23-44, 2022.
+    .. [4] D. Kressner, M. Steinlechner, B. Vandereycken, "Low-rank tensor completion
+       by Riemannian optimization", BIT Numer. Math. 54(2), 447-468, 2014.
 
     Examples
     --------

@@ -1,4 +1,11 @@
-"""Riemannian gradient descent: projected gradient, then the HOSVD retraction."""
+"""Riemannian gradient descent: projected gradient, then the HOSVD retraction.
+
+Sources: D. Kressner, M. Steinlechner, B. Vandereycken, "Low-rank tensor completion by
+Riemannian optimization", BIT Numer. Math. 54(2), 447-468, 2014 (Riemannian gradient
+descent with the HOSVD retraction); O. Koch, C. Lubich, "Dynamical tensor
+approximation", SIAM J. Matrix Anal. Appl. 31(5), 2360-2375, 2010 (the projected flow
+and its factored equations).
+"""
 
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ def rgd_step(
     max_rank: RankSpec = None,
     retraction: str = "hosvd",
 ) -> TuckerTensor:
-    """``Y1 = R(Y0 - lr * P(Y0) G)``: explicit Euler on the projected flow + retraction.
+    """``Y1 = R(Y0 - lr * P(Y0) G)``: Riemannian gradient descent [1]_, retracted.
 
     The factor components of ``xi = P(Y0) G`` contain ``pinv(unfold(C, i))``, of norm
     ``1 / sigma_min``: the projected flow is stiff when the core has small singular
@@ -41,24 +48,66 @@ def rgd_step(
       bases ``orth([U_i, dU_i])`` (:func:`tuckerflow.retract`). Its result is a
       quasi-best approximation of ``Y0 - lr xi``, so it forgives large ``dU_i``.
     * ``"factors"``: the factored explicit Euler step of the projected flow
-      (Koch and Lubich, 2010): ``C - lr dC`` and ``U_i - lr dU_i``, orthonormalized by
+      [2]_: ``C - lr dC`` and ``U_i - lr dU_i``, orthonormalized by
       QR with ``R`` absorbed into the core. Its second-order term is a product of
       ``dU`` terms, ``O((lr ||xi|| / sigma_min)^2)``: it breaks down on ill-conditioned
       cores (P4 in the docs' concepts page).
 
     Parameters
     ----------
-    tucker, grad, lr
-        As in :func:`tdlrt_step`.
+    tucker : TuckerTensor or (core, factors)
+        Current point ``Y0``: core of shape ``(r_1, ..., r_d)``, factors of shapes
+        ``(n_i, r_i)`` with orthonormal columns.
+    grad : tensor of shape (n_1, ..., n_d)
+        Dense Euclidean gradient ``G`` at ``tucker``, in the point's dtype.
+    lr : float
+        Step size ``h > 0`` (the time step of the gradient flow).
     rank : int or sequence of int, optional
-        Rank after the retraction; default the current rank unless ``tol`` is given.
-    tol, relative, min_rank, max_rank
-        Rank-adaptive retraction (see :func:`tuckerflow.retract`); ``"hosvd"`` only.
+        Rank after the retraction, at most ``min(n_i, 2 r_i)`` per mode; default the
+        current rank unless ``tol`` is given. With ``"factors"`` only the current
+        rank, as a sequence, is accepted.
+    tol : float, optional
+        Rank-adaptive retraction (see :func:`tuckerflow.retract`): total truncation
+        error at most ``tol`` relative to ``||Y0 - lr xi||`` (a fraction in
+        ``[0, 1)``) or absolute (``relative=False``); ``"hosvd"`` only.
+    relative : bool, default True
+        Whether ``tol`` is relative.
+    min_rank, max_rank : int or sequence of int, optional
+        Bounds on the ranks chosen by ``tol``; ``"hosvd"`` only.
     retraction : {'hosvd', 'factors'}
+        Which retraction (see above).
 
     Returns
     -------
     TuckerTensor
+        The new point: core of shape ``(s_1, ..., s_d)`` with
+        ``s_i <= min(n_i, 2 r_i)`` (``s = r`` for ``"factors"`` and by default),
+        factors of shapes ``(n_i, s_i)`` with orthonormal columns.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype; if ``grad``
+        is not a tensor of the active backend with the point's real floating-point
+        dtype; if ``lr`` is not a real number; if ``rank``, ``min_rank`` or
+        ``max_rank`` is not an int or a sequence of ints, or ``tol`` not a real
+        number (``"hosvd"``).
+    ValueError
+        If ``tucker`` is malformed or its factors are not orthonormal; if ``grad``
+        does not have the shape ``(n_1, ..., n_d)`` or holds NaN or Inf; if ``lr`` is
+        not finite and positive; if ``retraction`` is neither ``"hosvd"`` nor
+        ``"factors"``; with ``"factors"``, if ``tol`` is given or ``rank`` differs
+        from the current rank; with ``"hosvd"``, if both ``rank`` and ``tol`` are
+        given or ``rank``, ``min_rank``, ``max_rank`` or ``tol`` is out of range (as
+        in :func:`tuckerflow.retract`).
+
+    References
+    ----------
+    .. [1] D. Kressner, M. Steinlechner, B. Vandereycken, "Low-rank tensor completion
+       by Riemannian optimization", BIT Numer. Math. 54(2), 447-468, 2014.
+    .. [2] O. Koch, C. Lubich, "Dynamical tensor approximation", SIAM J. Matrix Anal.
+       Appl. 31(5), 2360-2375, 2010.
     """
     core, factors, lr = check_step_inputs(tucker, grad, lr)
     check_finite(grad, "grad")  # the projection below does not check its input

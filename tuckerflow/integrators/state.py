@@ -25,6 +25,11 @@ transformed covariance, ``(T ∘ T) v``. Lifting is exact (``Uhat`` contains ``U
 nothing is lost when the rank grows; truncation drops exactly the state of the
 directions the step drops. With all ranks full (``r_i = n_i``) heavy-ball momentum
 reproduces dense momentum SGD step for step.
+
+Sources: B. T. Polyak, "Some methods of speeding up the convergence of iteration
+methods", USSR Comput. Math. Math. Phys. 4(5), 1-17, 1964 (heavy-ball momentum);
+D. P. Kingma, J. Ba, "Adam: A method for stochastic optimization", ICLR 2015 (Adam).
+The transport of the buffers into new bases described above is tuckerflow's own.
 """
 
 from __future__ import annotations
@@ -81,13 +86,36 @@ def _check_fraction(value: Any, name: str) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerState:
-    """Base class. Subclasses hold buffers shaped like the core and like each K."""
+    """Base class of the optimizer states (:class:`Momentum`, :class:`Adam`).
+
+    Subclasses hold buffers shaped like the core, ``(r_1, ..., r_d)``, and like each
+    K-step variable, ``(n_i, k_i)`` with ``k_i = min(r_i, prod_{j != i} r_j)``. States
+    are immutable: every method returns a new state. The steps call these methods;
+    a user only builds a state (``Momentum.init``, ``Adam.init``) and passes it on.
+    """
 
     def _buffers(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def check(self, core: Any, factors: Sequence[Any]) -> None:
-        """Raise ValueError unless the buffers match the Tucker tensor's shapes."""
+        """Check that the buffers belong to the point ``(core, factors)``.
+
+        Parameters
+        ----------
+        core : tensor of shape (r_1, ..., r_d)
+            Core of the point.
+        factors : sequence of tensors of shape (n_i, r_i)
+            Factors of the point.
+
+        Raises
+        ------
+        TypeError
+            If a buffer is not a tensor of the active backend.
+        ValueError
+            If a core buffer is not of shape ``(r_1, ..., r_d)``, there is not one
+            basis buffer per mode, or a basis buffer is not of shape ``(n_i, k_i)``:
+            the state belongs to another point.
+        """
         core_shape = tuple(tl.shape(core))
         k_shapes = _k_shapes(core, factors)
         for name, value in self._buffers().items():
@@ -114,41 +142,157 @@ class OptimizerState:
                         )
 
     def begin_step(self) -> OptimizerState:
-        """Called once at the start of every step."""
+        """Start a step (called once at the start of every step).
+
+        Returns
+        -------
+        OptimizerState
+            The state for this step (Adam counts the step for its bias correction).
+        """
         return self
 
     def lift(self, embeddings: Sequence[Any]) -> OptimizerState:
-        """Core state into the augmented bases (``E_i = Uhat_i^T U_i``)."""
+        """Core state into the augmented bases (``E_i = Uhat_i^T U_i``).
+
+        Parameters
+        ----------
+        embeddings : sequence of tensors of shape (rhat_i, r_i)
+            ``E_i = Uhat_i^T U_i``, one per mode.
+
+        Returns
+        -------
+        OptimizerState
+            Core buffers of shape ``(rhat_1, ..., rhat_d)``, zero in the new
+            directions; basis buffers unchanged.
+        """
         return self.transform_core(embeddings)
 
     def transform_core(self, matrices: Sequence[Any]) -> OptimizerState:
+        """Core buffers into new core coordinates ``T_i`` (``new = T_i @ old``).
+
+        First moments map to ``C ×_i T_i``, second moments to ``C ×_i (T_i ∘ T_i)``
+        (see the module notes).
+
+        Parameters
+        ----------
+        matrices : sequence of tensors of shape (s_i, r_i)
+            ``T_i``, one per mode, with orthonormal columns or rows (a lift or a
+            truncation).
+
+        Returns
+        -------
+        OptimizerState
+            Core buffers of shape ``(s_1, ..., s_d)``.
+        """
         raise NotImplementedError
 
     def transform_bases(self, matrices: Sequence[Any]) -> OptimizerState:
+        """Basis buffers into new K-coordinates ``R_i = V_i^T V_i'`` (``b_i R_i``).
+
+        Parameters
+        ----------
+        matrices : sequence of tensors of shape (k_i, k_i')
+            ``R_i``, one per mode.
+
+        Returns
+        -------
+        OptimizerState
+            Basis buffers of shapes ``(n_i, k_i')``.
+        """
         raise NotImplementedError
 
     def core_direction(self, grad: Any) -> tuple[Any, OptimizerState]:
+        """Direction of the core (Galerkin) update from its gradient.
+
+        Parameters
+        ----------
+        grad : tensor of shape (r_1, ..., r_d)
+            Gradient with respect to the core, in the coordinates of the state.
+
+        Returns
+        -------
+        direction : tensor of shape (r_1, ..., r_d)
+            What the step multiplies by ``-lr``.
+        state : OptimizerState
+            The state with updated core buffers.
+        """
         raise NotImplementedError
 
     def basis_direction(self, mode: int, grad: Any) -> tuple[Any, OptimizerState]:
+        """Direction of the K update of one mode from its K-gradient.
+
+        Parameters
+        ----------
+        mode : int
+            The mode ``i``, ``0 <= i < d``.
+        grad : tensor of shape (n_i, k_i)
+            ``dL/dK_i``.
+
+        Returns
+        -------
+        direction : tensor of shape (n_i, k_i)
+            What the step multiplies by ``-lr``.
+        state : OptimizerState
+            The state with the updated buffers of that mode.
+        """
         raise NotImplementedError
 
     def basis_memory(self) -> tuple[Any, ...] | None:
-        """K-space first moments to seed the new directions of a lifted core state
-        (see :meth:`with_new_directions`); None if the method keeps none."""
+        """K-space first moments that seed the new directions of a lifted core state.
+
+        See :meth:`with_new_directions`.
+
+        Returns
+        -------
+        tuple of tensors of shape (n_i, k_i), or None
+            One per mode; None if the method keeps none.
+        """
         return None
 
     def with_new_directions(self, blocks: Any) -> OptimizerState:
-        """Add ``blocks`` (augmented-core coordinates) to the lifted core state."""
+        """Add ``blocks`` (augmented-core coordinates) to the lifted core state.
+
+        Parameters
+        ----------
+        blocks : tensor of shape (rhat_1, ..., rhat_d)
+            The K-state written in the blocks of the augmented core where exactly one
+            mode is new.
+
+        Returns
+        -------
+        OptimizerState
+            The state with its first core moment increased by ``blocks`` (unchanged
+            for a method that keeps no such moment).
+        """
         return self
 
 
 @dataclasses.dataclass(frozen=True)
 class Momentum(OptimizerState):
-    """Heavy-ball momentum: ``b <- beta b + g``, step along ``b`` (``g + beta b`` if
-    ``nesterov``), for the core (Galerkin) update and every K update.
+    """Heavy-ball momentum [1]_ for the core (Galerkin) update and every K update.
 
-    Build it with :meth:`Momentum.init`.
+    ``b <- beta b + g``, then the step is along ``b`` (along ``g + beta b`` with
+    ``nesterov``: Nesterov momentum [2]_ in the form ``torch.optim.SGD`` uses).
+    Build it with :meth:`Momentum.init`; the buffers follow every basis change of the
+    step (module notes of :mod:`tuckerflow.integrators.state`).
+
+    Parameters
+    ----------
+    beta : float
+        Momentum factor in ``[0, 1)`` (dimensionless).
+    nesterov : bool
+        Whether to take the Nesterov step.
+    core : tensor of shape (r_1, ..., r_d)
+        Momentum buffer of the core update, in the units of a core gradient.
+    bases : tuple of tensors of shape (n_i, k_i)
+        Momentum buffers of the K updates, ``k_i = min(r_i, prod_{j != i} r_j)``.
+
+    References
+    ----------
+    .. [1] B. T. Polyak, "Some methods of speeding up the convergence of iteration
+       methods", USSR Comput. Math. Math. Phys. 4(5), 1-17, 1964.
+    .. [2] I. Sutskever, J. Martens, G. Dahl, G. Hinton, "On the importance of
+       initialization and momentum in deep learning", ICML 2013.
     """
 
     beta: float
@@ -165,8 +309,26 @@ class Momentum(OptimizerState):
         Parameters
         ----------
         tucker : TuckerTensor or (core, factors)
-        beta : float in [0, 1)
+            The point the state belongs to: core of shape ``(r_1, ..., r_d)``,
+            factors of shapes ``(n_i, r_i)``. Not validated here; the step checks
+            the state against its point.
+        beta : float
+            Momentum factor in ``[0, 1)``.
         nesterov : bool
+            Whether to take the Nesterov step.
+
+        Returns
+        -------
+        Momentum
+            Zero buffers of shapes ``(r_1, ..., r_d)`` and ``(n_i, k_i)``, in the
+            dtype and on the device of the core.
+
+        Raises
+        ------
+        TypeError
+            If ``beta`` is not a real number.
+        ValueError
+            If ``beta`` is not in ``[0, 1)``.
         """
         core, factors = tucker
         beta = _check_fraction(beta, "beta")
@@ -209,11 +371,30 @@ class Momentum(OptimizerState):
 
 @dataclasses.dataclass(frozen=True)
 class Adam(OptimizerState):
-    """Adam (Kingma and Ba, 2015) on the core (Galerkin) update and every K update.
+    """Adam [1]_ on the core (Galerkin) update and every K update.
 
     Second moments follow coordinate changes as diagonal covariances (module notes);
     Adam is not invariant under rotations of the coordinates, so this transport is the
     natural choice rather than an exact equivalence. Build it with :meth:`Adam.init`.
+
+    Parameters
+    ----------
+    beta1, beta2 : float
+        Decay rates of the first and second moments, in ``[0, 1)``.
+    eps : float
+        Added to ``sqrt(v_hat)``, in the units of the gradient (``> 0``).
+    count : int
+        Steps taken (for the bias correction).
+    core_m, core_v : tensor of shape (r_1, ..., r_d)
+        First and second moments of the core gradient.
+    bases_m, bases_v : tuple of tensors of shape (n_i, k_i)
+        First and second moments of the K-gradients,
+        ``k_i = min(r_i, prod_{j != i} r_j)``.
+
+    References
+    ----------
+    .. [1] D. P. Kingma, J. Ba, "Adam: A method for stochastic optimization",
+       ICLR 2015.
     """
 
     beta1: float
@@ -234,8 +415,27 @@ class Adam(OptimizerState):
         Parameters
         ----------
         tucker : TuckerTensor or (core, factors)
-        betas : (float, float) in [0, 1)
-        eps : float > 0
+            The point the state belongs to: core of shape ``(r_1, ..., r_d)``,
+            factors of shapes ``(n_i, r_i)``. Not validated here; the step checks
+            the state against its point.
+        betas : (float, float)
+            ``(beta1, beta2)``, each in ``[0, 1)``.
+        eps : float
+            Finite and ``> 0``, in the units of the gradient.
+
+        Returns
+        -------
+        Adam
+            Zero moments of shapes ``(r_1, ..., r_d)`` and ``(n_i, k_i)``, in the
+            dtype and on the device of the core, with ``count = 0``.
+
+        Raises
+        ------
+        TypeError
+            If ``betas[0]`` or ``betas[1]`` is not a real number.
+        ValueError
+            If a beta is not in ``[0, 1)``, or ``eps`` is not a finite real number
+            ``> 0``.
         """
         core, factors = tucker
         beta1 = _check_fraction(betas[0], "betas[0]")

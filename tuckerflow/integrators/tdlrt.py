@@ -1,4 +1,8 @@
-"""The TDLRT rank-adaptive step (docs/concepts.rst, 'The TDLRT step'), in one place."""
+"""The TDLRT rank-adaptive step (docs/concepts.rst, 'The TDLRT step'), in one place.
+
+Source: E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco, "Geometry-aware
+training of factorized layers in tensor Tucker format", NeurIPS 2024.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,10 @@ def tdlrt_step(
     budget: int | None = None,
     state: OptimizerState | None = None,
 ) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
-    """One rank-adaptive TDLRT step from the Euclidean gradient at the current point.
+    """One rank-adaptive TDLRT step [1]_ from the Euclidean gradient at the point.
+
+    The step of the Concepts page ("The TDLRT step"), with ``C``, ``U_i`` the core and
+    factors of ``tucker`` and ``lr`` the step size:
 
     1. ``G = grad`` at ``Y0 = C ×_i U_i``.
     2. K-steps, every mode independently: ``unfold(C, i)^T = Q_i S_i^T`` and
@@ -55,29 +62,65 @@ def tdlrt_step(
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-        Current point, orthonormal factors.
-    grad : tensor
-        Dense Euclidean gradient of the objective at ``tucker`` (full shape).
+        Current point ``Y0``: core of shape ``(r_1, ..., r_d)``, ``d >= 2``, factors
+        of shapes ``(n_i, r_i)`` with orthonormal columns (to ``sqrt(eps)`` of the
+        dtype), one real floating-point dtype, finite entries.
+    grad : tensor of shape (n_1, ..., n_d)
+        Dense Euclidean gradient ``G`` of the objective at ``tucker``, in the point's
+        dtype, finite.
     lr : float
-        Step size ``h > 0``.
+        Step size ``h > 0``: the time step of the gradient flow ``dY/dt = -grad``,
+        so the update moves the point by ``lr`` times a (projected) gradient.
     tol : float, optional
         Truncation tolerance: ``||Y1 - Y1_untruncated|| <= tol * ||Chat1||`` (relative,
-        the default) or ``<= tol`` (``relative=False``); see :func:`tuckerflow.hosvd`.
+        the default: a fraction in ``[0, 1)``) or ``<= tol`` (``relative=False``: an
+        absolute Frobenius norm in the units of the entries); see
+        :func:`tuckerflow.hosvd` and "What the tolerance means" on the Concepts page.
     relative : bool, default True
+        Whether ``tol`` is relative to ``||Chat1||``.
     min_rank, max_rank : int or sequence of int, optional
         Bounds for the new ranks (``max_rank`` defaults to the mode sizes).
     rank : int or sequence of int, optional
-        Fixed rank after the step instead of a tolerance (an "augmented BUG" step).
+        Fixed rank after the step instead of a tolerance (an "augmented BUG" step);
+        at most ``min(n_i, r_i + k_i)`` per mode, ``k_i = min(r_i, prod_{j != i}
+        r_j)``, so one step can at most double a rank.
     budget : int, optional
-        Parameter budget ``prod(r) + sum(n_i r_i)`` for the new ranks.
+        Parameter budget ``prod(r) + sum(n_i r_i)`` (stored entries) for the new ranks.
     state : Momentum or Adam, optional
-        Optimizer state; the K and core updates then use its directions. The state is
-        carried into the new bases (see :mod:`tuckerflow.integrators.state`).
+        Optimizer state built for ``tucker`` (:meth:`Momentum.init`,
+        :meth:`Adam.init`, or the state returned by the previous step); the K and core
+        updates then use its directions. The state is carried into the new bases (see
+        :mod:`tuckerflow.integrators.state`).
 
     Returns
     -------
-    TuckerTensor
-        The new point; ``(TuckerTensor, state)`` when ``state`` was given.
+    TuckerTensor or (TuckerTensor, OptimizerState)
+        The new point ``Y1``: core of shape ``(s_1, ..., s_d)`` with
+        ``s_i <= min(n_i, 2 r_i)``, factors of shapes ``(n_i, s_i)`` with
+        orthonormal columns; ``(TuckerTensor, state)`` when ``state`` was given, the
+        state then belonging to the new point.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype; if ``grad``
+        is not a tensor of the active backend with a real floating-point dtype equal
+        to the point's; if ``lr`` is not a real number; if ``state`` is not a
+        Momentum or Adam state (or its buffers are not tensors); if ``rank``,
+        ``min_rank`` or ``max_rank`` is not an int or a sequence of ints, ``tol`` not
+        a real number, or ``budget`` not an int.
+    ValueError
+        If ``tucker`` is malformed (core with fewer than 2 modes, not one factor per
+        mode, mismatched shapes, NaN or Inf entries) or its factors are not
+        orthonormal; if ``grad`` does not have the shape ``(n_1, ..., n_d)`` or holds
+        NaN or Inf; if ``lr`` is not finite and positive; if the buffers of ``state``
+        do not match the point's shapes (a state of another point); if not exactly
+        one of ``tol``, ``rank`` and ``budget`` is given; if ``rank[i]`` is below 1
+        or above what one step can reach (see ``rank``); if ``min_rank`` or
+        ``max_rank`` is out of range or ``min_rank > max_rank``; if ``tol`` is not
+        finite, outside ``[0, 1)`` with ``relative=True``, or negative; if ``budget``
+        is smaller than the parameter count at ``min_rank``.
 
     Notes
     -----

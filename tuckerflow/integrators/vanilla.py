@@ -1,4 +1,9 @@
-"""Vanilla factor training: one plain gradient step on the core and on each factor."""
+"""Vanilla factor training: one plain gradient step on the core and on each factor.
+
+The baseline whose ill-conditioning motivates E. Zangrando, S. Schotthöfer, G. Ceruti,
+J. Kusch, F. Tudisco, "Geometry-aware training of factorized layers in tensor Tucker
+format", NeurIPS 2024.
+"""
 
 from __future__ import annotations
 
@@ -21,20 +26,43 @@ def vanilla_step(tucker: Any, grad: Any, lr: float) -> TuckerTensor:
     ``U_i1 = U_i - lr * unfold(G ×_{j != i} U_j^T, i) unfold(C, i)^T``, all from the
     same point. The factors lose orthonormality, the rank never changes, and the
     effective step along a direction scales with the core's singular values squared,
-    so directions with small singular values barely move (docs/concepts.rst).
+    so directions with small singular values barely move: the ill-conditioning that
+    motivates TDLRT [1]_ (see "Why training the factors directly is ill-conditioned"
+    on the Concepts page).
 
     Parameters
     ----------
     tucker : TuckerTensor or (core, factors)
-        Any Tucker tensor (orthonormal factors are not required).
-    grad : tensor
-        Euclidean gradient with respect to the full tensor.
+        Any Tucker tensor (orthonormal factors are not required): core of shape
+        ``(r_1, ..., r_d)``, factors of shapes ``(n_i, r_i)``.
+    grad : tensor of shape (n_1, ..., n_d)
+        Euclidean gradient with respect to the full tensor, in the point's dtype.
     lr : float
+        Step size ``h > 0`` (the learning rate of SGD on the factors).
 
     Returns
     -------
     TuckerTensor
-        With non-orthonormal factors in general.
+        Same shapes as ``tucker``, with non-orthonormal factors in general.
+
+    Raises
+    ------
+    TypeError
+        If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
+        tensors of the active backend with one real floating-point dtype; if ``grad``
+        is not a tensor of the active backend with the point's real floating-point
+        dtype; if ``lr`` is not a real number.
+    ValueError
+        If ``tucker`` is malformed (core with fewer than 2 modes, not one factor per
+        mode, ``factors[i].shape[1] != core.shape[i]``, NaN or Inf entries); if
+        ``grad`` does not have the shape ``(n_1, ..., n_d)`` or holds NaN or Inf; if
+        ``lr`` is not finite and positive.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
     """
     core, factors = check_tucker(tucker, "tucker", orthonormal=False)
     lr = check_positive(lr, "lr")
