@@ -121,18 +121,40 @@ def _replace(parameter: nn.Parameter, value: torch.Tensor) -> None:
     parameter.grad = None
 
 
+class _ThroughDelta(torch.autograd.Function):
+    """``weight + delta`` for the zero ``delta``, without the elementwise pass: the
+    forward returns ``weight`` itself, the backward hands ``dL/dW`` to ``delta``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return weight.view_as(weight)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad
+
+
 def _expanded_zero(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     """A zero tensor of ``shape`` that stores one element (stride 0 everywhere)."""
     return torch.zeros((), dtype=like.dtype, device=like.device).expand(tuple(shape))
 
 
 def reconstruct(core: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``core ×_i factors[i]`` with torch ops (differentiable)."""
+    """``core ×_i factors[i]`` with torch ops (differentiable).
+
+    Each product contracts the leading mode and appends the new one, so after all
+    modes they are back in order and the result is contiguous (no transposed layout
+    for the convolution to copy or the gradient to follow).
+    """
     weight = core
-    for mode, factor in enumerate(factors):
-        weight = torch.movedim(
-            torch.tensordot(factor, weight, dims=([1], [mode])), 0, mode
-        )
+    for factor in factors:
+        weight = torch.tensordot(weight, factor, dims=([0], [1]))
     return weight
 
 
@@ -455,7 +477,7 @@ class TuckerLayer(nn.Module):
         ):
             with torch.no_grad():
                 weight = reconstruct(self.core, list(self.factors))
-            weight = weight + delta
+            weight = _ThroughDelta.apply(weight, delta)  # = weight + delta (zero)
         else:
             weight = reconstruct(self.core, list(self.factors))
         offset = getattr(self, "offset", None)
