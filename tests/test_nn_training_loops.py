@@ -640,3 +640,22 @@ def test_weight_delta_follows_dtype_conversion_and_stays_one_element():
     assert layer.weight_delta is delta and delta.dtype == D
     assert delta.untyped_storage().nbytes() == 8
     assert math.prod(delta.shape) == 48
+
+
+def test_named_parameters_get_a_name_for_weight_delta_and_checkpoints_load():
+    torch.manual_seed(0)
+    model = nn.Sequential(TuckerLinear(8, 6, rank=3), nn.Linear(6, 2))
+    optimizer = TDLRT(model.named_parameters(), lr=LR, momentum=0.9)
+    names = optimizer.param_groups[0]["param_names"]
+    assert names[-1] == "0.weight_delta" and len(names) == 7
+    F.mse_loss(model(torch.randn(4, 8)), torch.randn(4, 2)).backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    assert "0.weight_delta" not in state["param_groups"][0]["param_names"]
+    clone = copy.deepcopy(model)
+    fresh = TDLRT(clone.named_parameters(), lr=LR, momentum=0.9)
+    fresh.load_state_dict(state)
+    assert "0.weight_delta" in fresh.param_groups[0]["param_names"]
+    packed = fresh.state[clone[0].core]["tucker_state"]
+    reference = optimizer.state[model[0].core]["tucker_state"]
+    torch.testing.assert_close(packed["core"], reference["core"], rtol=0, atol=0)
