@@ -5,11 +5,18 @@ The only part of tuckerflow that imports torch. The mathematics lives in the cor
 """
 
 from .adapters import add_tucker_adapters, merge_adapters, trainable_parameters
+from .attention import TuckerMultiheadAttention
 from .checkpoint import load_checkpoint, save_checkpoint
 from .convert import CompressionReport, compression_report, tuckerize
 from .distributed import prepare_ddp
 from .layers import TuckerConv1d, TuckerConv2d, TuckerConv3d, TuckerLayer, TuckerLinear
 from .optim import TDLRT, linear_budget
+from .registry import register_tucker_layer, registered_tucker_layers
+from .transposed import (
+    TuckerConvTranspose1d,
+    TuckerConvTranspose2d,
+    TuckerConvTranspose3d,
+)
 
 __all__ = [
     "TDLRT",
@@ -17,14 +24,20 @@ __all__ = [
     "TuckerConv1d",
     "TuckerConv2d",
     "TuckerConv3d",
+    "TuckerConvTranspose1d",
+    "TuckerConvTranspose2d",
+    "TuckerConvTranspose3d",
     "TuckerLayer",
     "TuckerLinear",
+    "TuckerMultiheadAttention",
     "add_tucker_adapters",
     "compression_report",
     "linear_budget",
     "load_checkpoint",
     "merge_adapters",
     "prepare_ddp",
+    "register_tucker_layer",
+    "registered_tucker_layers",
     "save_checkpoint",
     "trainable_parameters",
     "tuckerize",

@@ -13,9 +13,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
-from .convert import _parent, _select
-from .layers import DENSE_TO_TUCKER, TuckerLayer, build_like
+from ._build import build_like
+from .attention import TuckerMultiheadAttention
+from .convert import (
+    _check_ties,
+    _install,
+    _left_dense_warning,
+    _plan,
+    _select,
+    _unique_modules,
+)
+from .layers import TuckerLayer
+from .registry import dense_type_of
 
 __all__ = ["add_tucker_adapters", "merge_adapters", "trainable_parameters"]
 
@@ -32,6 +43,17 @@ def add_tucker_adapters(
     verbose: bool = True,
 ) -> nn.Module:
     """Wrap the targeted Linear/Conv modules as ``W0 + Tucker(dW)`` and freeze the rest.
+
+    A targeted module is adapted by the first registry entry it is an instance of
+    (:func:`~tuckerflow.nn.registered_tucker_layers`): ``nn.Linear`` and its
+    subclasses, ``nn.ConvNd``, ``nn.ConvTransposeNd``, and ``nn.MultiheadAttention``,
+    whose packed ``in_proj_weight`` ``(3 E, E)`` gets a Tucker update through
+    :class:`~tuckerflow.nn.TuckerMultiheadAttention` while its ``out_proj`` is
+    adapted as the Linear it is (both when a target names the attention module, as
+    PEFT does). Targeted modules that cannot be adapted (see
+    :func:`~tuckerflow.nn.tuckerize`) are listed in a warning. A module used under
+    several names gets one adapter under every name; modules sharing a
+    ``Parameter`` with another module are refused.
 
     Parameters
     ----------
@@ -64,9 +86,17 @@ def add_tucker_adapters(
         If an entry of ``target_modules`` is neither a str nor a type.
     ValueError
         If ``target_modules`` is empty, a name in it matches no module (usually a
-        typo; the message lists the module names), or an entry selects no Linear/Conv
-        module (neither the module it matches nor anything inside it). The model is
-        left untouched.
+        typo; the message lists the module names), an entry selects no Linear/Conv
+        module (neither the module it matches nor anything inside it), or a module
+        to adapt shares a ``Parameter`` with another module (tied weights would be
+        untied; the message names them), or the model holds a lazy module not
+        initialized yet (it cannot be frozen). The model is left untouched.
+
+    Warns
+    -----
+    UserWarning
+        Listing the targeted Linear/Conv-like modules that get no adapter, with the
+        reason.
 
     References
     ----------
@@ -82,47 +112,79 @@ def add_tucker_adapters(
     if not targets:
         raise ValueError("target_modules is empty")
     selected = _select(model, targets, "target_modules")
-    matched = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) in DENSE_TO_TUCKER and name in selected
-    ]
+    groups = _unique_modules(model)
+    matched, left = _plan(groups, lambda names: any(n in selected for n in names))
     useless = [
         entry
         for entry in targets
-        if not any(entry in selected[name] for name, _ in matched)
+        if not any(
+            entry in selected.get(name, ()) for names, _, _ in matched for name in names
+        )
     ]
     if useless:
         kinds = sorted({type(m).__name__ for m in model.modules()})
+        reasons = "".join(f"\n  {names[0]} ({reason})" for names, reason in left)
         raise ValueError(
             f"target_modules entries {useless} select no Linear/Conv module (neither "
             f"the modules they match nor anything inside them); module types in the "
             f"model: {kinds}"
+            + (f"; selected but not convertible:{reasons}" if reasons else "")
         )
+    _check_ties(groups, matched, "add_tucker_adapters", _TIE_FIX_ADAPTERS)
+    lazy = [
+        names[0]
+        for module, names in groups
+        if any(is_lazy(p) for p in module._parameters.values() if p is not None)
+    ]
+    if lazy:
+        raise ValueError(
+            f"add_tucker_adapters freezes every parameter, but {lazy} are lazy "
+            "modules not initialized yet: run one forward pass first"
+        )
+    tucker = dict(
+        rank=rank,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        adaptive_modes=adaptive_modes,
+        implementation=implementation,
+    )
     # build every adapter before touching the model: a rejected option changes nothing
     adapters = []
-    for name, module in matched:
-        cls = DENSE_TO_TUCKER[type(module)]
-        weight = module.weight.detach()
-        options = dict(
-            rank=rank,
-            min_rank=min_rank,
-            max_rank=max_rank,
-            adaptive_modes=adaptive_modes,
-            implementation=implementation,
-            device=weight.device,
-            dtype=weight.dtype,
-            offset=weight,
-            zero_core=True,
-        )
-        adapters.append((name, build_like(cls, module, **options)))
+    for names, module, cls in matched:
+        if issubclass(cls, TuckerMultiheadAttention):
+            adapter = cls.from_dense(module, adapter=True, **tucker)
+            adapter.out_proj = module.out_proj  # adapted (or not) on its own
+        else:
+            weight = module.weight.detach()
+            adapter = build_like(
+                cls,
+                module,
+                device=weight.device,
+                dtype=weight.dtype,
+                offset=weight,
+                zero_core=True,
+                **tucker,
+            )
+        adapters.append((names, adapter))
+    for names, adapter in adapters:  # parents before children
+        _install(model, names, adapter)
+    # only the new Tucker updates train: base weights, biases, everything else frozen
+    trainable = {
+        id(parameter)
+        for _, adapter in adapters
+        for layer in adapter.modules()
+        if isinstance(layer, TuckerLayer) and layer.offset is not None
+        for parameter in (layer.core, *layer.factors)
+    }
     for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    for name, adapter in adapters:
-        if adapter.bias is not None:
-            adapter.bias.requires_grad_(False)
-        parent, child = _parent(model, name)
-        setattr(parent, child, adapter)
+        parameter.requires_grad_(id(parameter) in trainable)
+    _left_dense_warning(
+        "add_tucker_adapters",
+        left,
+        "These targets get no adapter. Register a Tucker layer for a type with "
+        "tuckerflow.nn.register_tucker_layer(DenseType, TuckerType), or leave them "
+        "out of target_modules.",
+    )
     if verbose:
         trainable, total = trainable_parameters(model)
         print(
@@ -132,29 +194,81 @@ def add_tucker_adapters(
     return model
 
 
+_TIE_FIX_ADAPTERS = (
+    "Leave {names!r} out of target_modules, or untie them first (give each module "
+    "its own nn.Parameter). One module used under several names is no problem: one "
+    "adapter replaces it under every name."
+)
+
+
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts (frozen adapter offsets excluded from
-    neither: they are buffers, not parameters)."""
+    neither: they are buffers, not parameters).
+
+    Parameters
+    ----------
+    model : nn.Module
+
+    Returns
+    -------
+    (int, int)
+        Elements of the parameters with ``requires_grad``, and of all parameters
+        (each shared parameter once).
+    """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:
-    """Fold every adapter into a plain ``nn.Linear``/``nn.ConvNd`` with ``W0 + dW``."""
-    dense_of = {tucker: dense for dense, tucker in DENSE_TO_TUCKER.items()}
-    adapters = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, TuckerLayer) and module.offset is not None
-    ]
-    for name, adapter in adapters:
-        cls = dense_of[type(adapter)]
-        weight = adapter.weight.detach()
+    """Fold every adapter into a plain dense module with ``W0 + dW``.
+
+    A :class:`TuckerLinear`/``TuckerConvNd``/``TuckerConvTransposeNd`` adapter
+    becomes the registered dense type (``nn.Linear``, ...; a subclass such as
+    ``NonDynamicallyQuantizableLinear`` comes back as its registered base class,
+    which computes the same), a :class:`TuckerMultiheadAttention` adapter an
+    ``nn.MultiheadAttention``. A module used under several names is replaced under
+    every name.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Modified in place.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+
+    Raises
+    ------
+    TypeError
+        If an adapter's class was never registered
+        (:func:`~tuckerflow.nn.register_tucker_layer`), so its dense type is
+        unknown.
+    """
+    for module, names in _unique_modules(model):
+        if (
+            isinstance(module, TuckerMultiheadAttention)
+            and module.in_proj.offset is not None
+        ):
+            _install(model, [n for n in names if n], module.to_dense())
+    merged = []
+    for module, names in _unique_modules(model):
+        if not (isinstance(module, TuckerLayer) and module.offset is not None):
+            continue
+        cls = dense_type_of(type(module))
+        if cls is None:
+            raise TypeError(
+                f"merge_adapters: {type(module).__name__} is not registered, so its "
+                "dense type is unknown; register it with register_tucker_layer"
+            )
+        weight = module.weight.detach()
         factory = {"device": weight.device, "dtype": weight.dtype}
-        merged = build_like(cls, adapter, **factory)
+        dense = build_like(cls, module, **factory)
         with torch.no_grad():
-            merged.weight.copy_(weight)
-        parent, child = _parent(model, name)
-        setattr(parent, child, merged)
+            dense.weight.copy_(weight)
+        merged.append(([n for n in names if n], dense))
+    for names, dense in merged:
+        _install(model, names, dense)
     return model

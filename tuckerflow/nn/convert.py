@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import DENSE_TO_TUCKER, TuckerLayer
+from .attention import TuckerMultiheadAttention
+from .layers import TuckerLayer
+from .registry import dense_weight, lookup, main_tucker_layer
 
 __all__ = ["tuckerize", "compression_report", "CompressionReport"]
 
@@ -59,7 +61,8 @@ def _select(model: nn.Module, entries: Iterable[Any], keyword: str) -> dict[str,
             raise TypeError(
                 f"{keyword} entries must be module names or types, got {entry!r}"
             )
-    modules = list(model.named_modules())
+    # every name of every module: a module used twice can be named by either
+    modules = list(model.named_modules(remove_duplicate=False))
     direct: dict[str, list[Any]] = {}
     for entry in entries:
         hits = [name for name, module in modules if _matches(name, module, (entry,))]
@@ -71,7 +74,7 @@ def _select(model: nn.Module, entries: Iterable[Any], keyword: str) -> dict[str,
         for name in hits:
             direct.setdefault(name, []).append(entry)
     selected = {}
-    for name, _ in modules:
+    for name in dict.fromkeys(name for name, _ in modules):
         # the module itself and its ancestors ("" is the root)
         parts = name.split(".") if name else []
         found = [
@@ -92,6 +95,105 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return parent, child
 
 
+def _unique_modules(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
+    """Every module once, with all the names it has in ``model`` (a module used
+    under several names, or inside a module used twice, has several), in the order
+    of first appearance (parents before children)."""
+    names: dict[int, tuple[nn.Module, list[str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), (module, []))[1].append(name)
+    return list(names.values())
+
+
+def _plan(
+    groups: list[tuple[nn.Module, list[str]]], chosen: Any
+) -> tuple[list[tuple[list[str], nn.Module, type]], list[tuple[list[str], str]]]:
+    """Which of the chosen modules are converted, by which Tucker class, and which
+    Linear/Conv-like ones stay dense (with the reason).
+
+    ``chosen(names)`` says whether a module (by all its names) is to be converted.
+    """
+    targets, left = [], []
+    for module, names in groups:
+        if not chosen(names):
+            continue
+        cls, reason = lookup(module)
+        if cls is not None and names == [""]:
+            reason = (
+                "it is the model itself, which cannot be replaced in place: use "
+                f"{cls.__name__}.from_dense(model)"
+            )
+            cls = None
+        names = [n for n in names if n]  # the root has no name to install under
+        if cls is not None:
+            targets.append((names, module, cls))
+        elif reason is not None:
+            left.append((names or [""], f"{type(module).__name__}: {reason}"))
+    return targets, left
+
+
+def _left_dense_warning(caller: str, left: list, fix: str) -> None:
+    if not left:
+        return
+    warnings.warn(
+        f"{caller}: {len(left)} Linear/Conv-like module(s) left dense:\n"
+        + "\n".join(f"  {names[0] or '(model)'} ({reason})" for names, reason in left)
+        + "\n"
+        + fix,
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _check_ties(
+    groups: list[tuple[nn.Module, list[str]]],
+    targets: list[tuple[list[str], nn.Module, type]],
+    caller: str,
+    fix: str,
+) -> None:
+    """Refuse to convert a module that shares a Parameter with another module.
+
+    The same module under several names is no tie (one new layer replaces it under
+    every name); two modules holding one Parameter (an output layer tied to an
+    embedding, two Linears sharing a weight) would be untied by the conversion and
+    differ after the first step.
+
+    Raises
+    ------
+    ValueError
+        Naming every shared parameter, the modules holding it, and ``fix``.
+    """
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module, names in groups:
+        for key, parameter in module._parameters.items():
+            if parameter is not None:
+                label = f"{names[0]}.{key}" if names[0] else key
+                holders.setdefault(id(parameter), []).append((module, label))
+    lines, involved = [], []
+    for names, module, _ in targets:
+        for key, parameter in module._parameters.items():
+            if parameter is None:
+                continue
+            others = [label for m, label in holders[id(parameter)] if m is not module]
+            if others:
+                lines.append(f"  {names[0]}.{key} is also {', '.join(others)}")
+                involved += [names[0]] + [o.rpartition(".")[0] for o in others]
+    if lines:
+        involved = tuple(dict.fromkeys(n for n in involved if n))
+        raise ValueError(
+            f"{caller}: these modules share a Parameter with another module; "
+            "converting them would untie the weights (they would differ after one "
+            "step):\n" + "\n".join(lines) + "\n" + fix.format(names=involved)
+        )
+
+
+def _install(model: nn.Module, names: list[str], new: nn.Module) -> None:
+    """Put ``new`` under every name (one module for all of them: ties are kept)."""
+    for name in names:
+        parent, child = _parent(model, name)
+        setattr(parent, child, new)
+
+
 def tuckerize(
     model: nn.Module,
     *,
@@ -107,13 +209,35 @@ def tuckerize(
     budget_criterion: str = "tolerance",
     cap_at_dense: bool = True,
 ) -> nn.Module:
-    """Replace ``nn.Linear`` and ``nn.Conv1d/2d/3d`` modules by Tucker layers, in place.
+    """Replace Linear, Conv, ConvTranspose and attention modules by Tucker layers,
+    in place.
 
     A weight of shape ``(n_1, ..., n_d)`` (``(out, in)`` for a linear layer,
-    ``(out, in / groups, *kernel)`` for a convolution) becomes an orthonormal Tucker
-    tensor ``C ×_i U_i`` with core ``C`` of shape ``(r_1, ..., r_d)`` and factors
-    ``U_i`` of shape ``(n_i, r_i)``: ``prod(r) + sum_i n_i r_i`` stored weights
-    instead of ``prod(n)``.
+    ``(out, in / groups, *kernel)`` for a convolution, ``(in, out / groups,
+    *kernel)`` for a transposed one, the packed ``(3 E, E)`` ``in_proj_weight`` of
+    an ``nn.MultiheadAttention``) becomes an orthonormal Tucker tensor ``C ×_i U_i``
+    with core ``C`` of shape ``(r_1, ..., r_d)`` and factors ``U_i`` of shape
+    ``(n_i, r_i)``: ``prod(r) + sum_i n_i r_i`` stored weights instead of
+    ``prod(n)``.
+
+    Which module becomes which layer: the first entry of the registry
+    (:func:`~tuckerflow.nn.registered_tucker_layers`) whose dense type the module is
+    an instance of, so subclasses are converted too (``nn.MultiheadAttention``'s
+    ``out_proj``). ``nn.Linear`` -> :class:`TuckerLinear`, ``nn.ConvNd`` ->
+    :class:`TuckerConvNd`, ``nn.ConvTransposeNd`` ->
+    :class:`TuckerConvTransposeNd`, ``nn.MultiheadAttention`` ->
+    :class:`TuckerMultiheadAttention` (its ``in_proj``; its ``out_proj`` is
+    converted as the Linear it is, and can be skipped on its own). A subclass that
+    overrides ``forward``, has extra parameters or a parametrized weight, a lazy
+    module not yet run, a ``MultiheadAttention`` with separate q/k/v weights, and
+    any Linear- or Conv-like module without a registered Tucker layer
+    (``nn.Bilinear``, transformers' ``Conv1D``) stay dense, listed in a warning.
+
+    Tied weights: a module used under several names becomes one Tucker layer
+    installed under every name (the tie holds through training;
+    :func:`compression_report` counts it once). Distinct modules sharing a
+    ``Parameter`` (an output layer tied to an embedding) cannot stay tied as
+    separate Tucker layers: ``tuckerize`` refuses them (see Raises).
 
     Parameters
     ----------
@@ -166,13 +290,15 @@ def tuckerize(
     Raises
     ------
     TypeError
-        If a ``skip`` entry is neither a str nor a type, or ``cap_at_dense`` is not a
-        bool.
+        If a ``skip`` entry is neither a str nor a type, ``cap_at_dense`` is not a
+        bool, or ``init='random'`` meets a module without ``reset_parameters``.
     ValueError
         If ``init`` is unknown, a ``skip`` name matches no module of the model
-        (usually a typo; the message lists the module names), or more than one of
-        ``rank``, ``tol`` and ``budget`` is given. Every check, including those of the
-        new layers, runs before the model is modified.
+        (usually a typo; the message lists the module names), more than one of
+        ``rank``, ``tol`` and ``budget`` is given, or a module to convert shares a
+        ``Parameter`` with another module (the message names both and the ``skip``
+        that keeps them dense). Every check, including those of the new layers,
+        runs before the model is modified.
 
     Warns
     -----
@@ -182,7 +308,9 @@ def tuckerize(
         after, stored weights, relative errors; pass ``cap_at_dense=False`` to keep
         the ranks asked for), when a Tucker layer stores more weights than its dense
         weight (``cap_at_dense=False``, or a layer so thin that even its minimum ranks
-        do not fit: keep it dense with ``skip``), and when no module is converted.
+        do not fit: keep it dense with ``skip``), when no module is converted, and
+        once listing every Linear- or Conv-like module left dense that ``skip`` did
+        not name, with the reason (fix: :func:`register_tucker_layer`, or ``skip``).
 
     Notes
     -----
@@ -216,11 +344,10 @@ def tuckerize(
     if budget is not None and (rank is not None or tol is not None):
         raise ValueError("give one of rank, tol and budget")
     skipped = _select(model, skip, "skip")
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) in DENSE_TO_TUCKER and name not in skipped
-    ]
+    groups = _unique_modules(model)
+    # a module is kept dense when any of its names is skipped
+    targets, left = _plan(groups, lambda names: not any(n in skipped for n in names))
+    _check_ties(groups, targets, "tuckerize", _TIE_FIX_TUCKERIZE)
     if not targets:
         warnings.warn("tuckerize: no Linear or Conv module to convert", stacklevel=2)
     options = {
@@ -230,20 +357,29 @@ def tuckerize(
         "implementation": implementation,
     }
     sources = [
-        (name, module, _fresh_copy(module) if init == "random" else module)
-        for name, module in targets
+        (names, module, cls, _fresh_copy(module) if init == "random" else module)
+        for names, module, cls in targets
     ]
     ranks = [rank] * len(sources)
     if budget is not None:
-        ranks = _budget_ranks(sources, budget, options, budget_criterion)
-    # build every layer before replacing any: a rejected option leaves the model as is
-    layers, capped, oversized = [], [], []
-    for (name, module, source), layer_rank in zip(sources, ranks):
-        layer = DENSE_TO_TUCKER[type(module)].from_dense(
-            source, rank=layer_rank, tol=tol, **options
+        ranks = _budget_ranks(
+            [dense_weight(source) for *_, source in sources],
+            budget,
+            options,
+            budget_criterion,
         )
+    # build every layer before replacing any: a rejected option leaves the model as is
+    built, capped, oversized = [], [], []
+    for (names, module, cls, source), layer_rank in zip(sources, ranks):
+        new = cls.from_dense(source, rank=layer_rank, tol=tol, **options)
+        if isinstance(new, TuckerMultiheadAttention):
+            # out_proj stays the model's own module: converted (or skipped) as the
+            # Linear it is, like every other module
+            new.out_proj = module.out_proj
+        layer, weight = main_tucker_layer(new), dense_weight(source)
+        name = names[0] if layer is new else f"{names[0]}.in_proj"
         if layer.parameter_count() > layer.dense_parameter_count():
-            cap = _break_even_rank(layer, source.weight) if cap_at_dense else None
+            cap = _break_even_rank(layer, weight) if cap_at_dense else None
             if cap is None:
                 floor = _floor_rank(layer)
                 reason = (
@@ -254,11 +390,10 @@ def tuckerize(
                 )
                 oversized.append(_oversized_line(name, layer, reason))
             else:
-                capped.append(_cap(name, layer, cap, source.weight.detach()))
-        layers.append((name, layer))
-    for name, layer in layers:
-        parent, child = _parent(model, name)
-        setattr(parent, child, layer)
+                capped.append(_cap(name, layer, cap, weight.detach()))
+        built.append((names, new))
+    for names, new in built:  # parents before children (a MultiheadAttention's
+        _install(model, names, new)  # out_proj goes into the new attention module)
     asked = rank is not None or tol is not None or budget is not None
     if capped and asked:
         warnings.warn(
@@ -281,7 +416,21 @@ def tuckerize(
             UserWarning,
             stacklevel=2,
         )
+    _left_dense_warning(
+        "tuckerize",
+        left,
+        "Register a Tucker layer for a type with tuckerflow.nn.register_tucker_layer"
+        "(DenseType, TuckerType), or keep a module dense on purpose with "
+        "skip=(name, ...) (no warning then).",
+    )
     return model
+
+
+_TIE_FIX_TUCKERIZE = (
+    "Keep them dense with skip={names!r}, or untie them first (give each module "
+    "its own nn.Parameter). One module used under several names is no problem: one "
+    "Tucker layer replaces it under every name."
+)
 
 
 def _count(layer: TuckerLayer, rank: tuple[int, ...]) -> int:
@@ -360,7 +509,7 @@ def _oversized_line(name: str, layer: TuckerLayer, reason: str) -> str:
 
 
 def _budget_ranks(
-    sources, budget: int, options: dict, criterion: str
+    weights, budget: int, options: dict, criterion: str
 ) -> list[tuple[int, ...]]:
     """Initial ranks of all layers from one budget, on the HOSVD spectra."""
     import tuckerflow as tf
@@ -371,8 +520,8 @@ def _budget_ranks(
     adaptive = (0, 1) if adaptive is None else tuple(adaptive)
     floor = options["min_rank"] or 1
     problems = []
-    for _, _, source in sources:
-        weight = source.weight.detach()
+    for weight in weights:
+        weight = weight.detach()
         shape = tuple(weight.shape)
         floors = (floor,) * len(shape) if isinstance(floor, int) else tuple(floor)
         high = tuple(
@@ -402,7 +551,15 @@ def _fresh_copy(module: nn.Module) -> nn.Module:
     import copy
 
     fresh = copy.deepcopy(module)
-    fresh.reset_parameters()
+    reset = getattr(fresh, "reset_parameters", None) or getattr(
+        fresh, "_reset_parameters", None
+    )
+    if reset is None:
+        raise TypeError(
+            f"init='random' needs {type(module).__name__}.reset_parameters() to draw "
+            "a fresh weight"
+        )
+    reset()
     return fresh
 
 
@@ -413,7 +570,8 @@ class CompressionReport:
     Attributes
     ----------
     rows : list of dict
-        ``name, type, shape, rank, parameters, dense_parameters``.
+        ``name, type, shape, rank, parameters, dense_parameters, aliases`` (the
+        layer's other names in the model: a shared layer is one row).
     compressed, dense : int
         Sums over the Tucker layers (weights only).
     total_parameters : int
@@ -456,6 +614,12 @@ class CompressionReport:
             f"Tucker layers: {self.compressed:,} of {self.dense:,} weights "
             f"({rate}); model parameters {self.total_parameters:,}"
         )
+        shared = [r for r in self.rows if r.get("aliases")]
+        if shared:
+            lines.append(
+                "shared layers, counted once: "
+                + "; ".join(f"{r['name']} = {', '.join(r['aliases'])}" for r in shared)
+            )
         larger = [r for r in self.rows if r["parameters"] > r["dense_parameters"]]
         if larger:
             lines.append(
@@ -473,7 +637,9 @@ def compression_report(model: nn.Module) -> CompressionReport:
 
     ``c`` counts the stored Tucker weights (``prod(r) + sum(n_i r_i)`` per layer),
     ``f`` the dense weights they replace; biases and dense layers are not included
-    (``total_parameters`` counts everything). The rate is negative when ``c > f``;
+    (``total_parameters`` counts everything). A layer used under several names (tied
+    weights kept by :func:`tuckerize`) is one row, counted once; its other names are
+    in the row's ``aliases``. The rate is negative when ``c > f``;
     the printed report then says "no compression" and names every layer that stores
     more than its dense weight.
 
@@ -486,16 +652,17 @@ def compression_report(model: nn.Module) -> CompressionReport:
     CompressionReport
     """
     rows = []
-    for name, module in model.named_modules():
+    for module, names in _unique_modules(model):
         if isinstance(module, TuckerLayer):
             rows.append(
                 {
-                    "name": name or type(module).__name__,
+                    "name": names[0] or type(module).__name__,
                     "type": type(module).__name__,
                     "shape": module.weight_shape,
                     "rank": module.rank,
                     "parameters": module.parameter_count(),
                     "dense_parameters": module.dense_parameter_count(),
+                    "aliases": tuple(names[1:]),
                 }
             )
     total = sum(p.numel() for p in model.parameters())
