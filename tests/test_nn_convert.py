@@ -438,3 +438,26 @@ def test_the_default_half_ranks_are_capped_quietly():
     layer = model.get_submodule("features.0")
     assert layer.parameter_count() <= layer.dense_parameter_count()
     assert layer.rank[0] < half.rank[0]
+
+
+def test_parameter_counts_do_not_include_the_tdlrt_gradient_carrier():
+    # TDLRT gives dense-forward layers a zero weight_delta of the dense weight's shape
+    # (one stored element): the reported counts must not change when it appears
+    from tuckerflow.nn import TDLRT, add_tucker_adapters, trainable_parameters
+
+    torch.manual_seed(0)
+    model = tuckerize(LeNet5(), rank=4)
+    before = compression_report(model).total_parameters
+    TDLRT(model, lr=0.1)
+    assert any(
+        m.weight_delta is not None
+        for m in model.modules()
+        if hasattr(m, "weight_delta")
+    )
+    assert compression_report(model).total_parameters == before
+    adapted = add_tucker_adapters(
+        nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), ["0"], rank=2, verbose=False
+    )
+    counts = trainable_parameters(adapted)
+    TDLRT(adapted, lr=0.1)
+    assert trainable_parameters(adapted) == counts

@@ -24,6 +24,7 @@ from .convert import (
     _plan,
     _select,
     _unique_modules,
+    stored_parameter_count,
 )
 from .layers import TuckerLayer
 from .registry import dense_type_of
@@ -213,10 +214,11 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     -------
     (int, int)
         Elements of the parameters with ``requires_grad``, and of all parameters
-        (each shared parameter once).
+        (each shared parameter once; the TDLRT optimizer's zero ``weight_delta``
+        gradient carriers are not weights and are not counted).
     """
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = stored_parameter_count(model, trainable_only=True)
+    total = stored_parameter_count(model)
     return trainable, total
 
 

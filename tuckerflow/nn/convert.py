@@ -632,6 +632,36 @@ class CompressionReport:
         return "\n".join(lines)
 
 
+def stored_parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
+    """Elements of the model's parameters, without the TDLRT gradient carriers.
+
+    ``weight_delta`` (see :class:`~tuckerflow.nn.TuckerLayer`) has the dense weight's
+    shape but stores one element and is no weight: it is left out, so the count is
+    the same before and after a :class:`~tuckerflow.nn.TDLRT` optimizer is built.
+
+    Parameters
+    ----------
+    model : nn.Module
+    trainable_only : bool, default False
+        Count only the parameters with ``requires_grad``.
+
+    Returns
+    -------
+    int
+        Number of stored parameter entries (each shared parameter once).
+    """
+    carriers = {
+        id(module.weight_delta)
+        for module in model.modules()
+        if isinstance(module, TuckerLayer) and module.weight_delta is not None
+    }
+    return sum(
+        p.numel()
+        for p in model.parameters()
+        if id(p) not in carriers and (p.requires_grad or not trainable_only)
+    )
+
+
 def compression_report(model: nn.Module) -> CompressionReport:
     """Ranks, parameter counts and the compression rate ``1 - c/f`` of a model.
 
@@ -665,7 +695,7 @@ def compression_report(model: nn.Module) -> CompressionReport:
                     "aliases": tuple(names[1:]),
                 }
             )
-    total = sum(p.numel() for p in model.parameters())
+    total = stored_parameter_count(model)
     return CompressionReport(
         rows,
         sum(r["parameters"] for r in rows),
