@@ -83,3 +83,14 @@ def test_nothing_points_to_the_private_notes():
     ]
     offenders = [str(p.relative_to(root)) for p in files if private in p.read_text()]
     assert offenders == []
+
+
+@pytest.mark.parametrize("module", ["tuckerflow", "tuckerflow.nn"])
+def test_every_public_name_is_in_the_api_reference(module):
+    import importlib
+
+    api = (DOCS / "api.rst").read_text()
+    listed = set(re.findall(r"^ {3}([\w.]+)\s*$", api, re.MULTILINE))
+    names = importlib.import_module(module).__all__
+    missing = [name for name in names if name not in listed]
+    assert not missing, f"add {missing} to docs/api.rst (autosummary of {module})"
