@@ -59,6 +59,7 @@ def add_tucker_adapters(
     Parameters
     ----------
     model : nn.Module
+        Modified in place: targeted modules replaced, every other parameter frozen.
     target_modules : iterable of str or type
         Names (exact, glob, or dotted suffix such as ``"query"``) or types of the
         modules to adapt; every other parameter is frozen. An entry that matches a
@@ -71,9 +72,13 @@ def add_tucker_adapters(
         Largest adapter rank; default ``2 * rank`` for an int ``rank``. An update
         ``dW`` that starts at zero has no scale of its own, so a relative tolerance
         alone would let the first steps keep nearly every direction.
-    min_rank, adaptive_modes, implementation
-        Passed to the adapter layers.
-    verbose : bool
+    min_rank : int or sequence, default 1
+        Smallest adapter rank during rank-adaptive training.
+    adaptive_modes : sequence of int, optional
+        Modes whose rank adapts; default ``(0, 1)`` (the channel modes).
+    implementation : {'dense', 'factorized'}, default 'dense'
+        Forward of the adapter layers (see :class:`~tuckerflow.nn.TuckerLinear`).
+    verbose : bool, default True
         Print the trainable-parameter count (like PEFT).
 
     Returns
@@ -84,14 +89,17 @@ def add_tucker_adapters(
     Raises
     ------
     TypeError
-        If an entry of ``target_modules`` is neither a str nor a type.
+        If an entry of ``target_modules`` is neither a str nor a type, or ``rank``,
+        ``min_rank`` or ``max_rank`` is neither an int nor a sequence of ints.
     ValueError
         If ``target_modules`` is empty, a name in it matches no module (usually a
         typo; the message lists the module names), an entry selects no Linear/Conv
         module (neither the module it matches nor anything inside it), or a module
         to adapt shares a ``Parameter`` with another module (tied weights would be
-        untied; the message names them), or the model holds a lazy module not
-        initialized yet (it cannot be frozen). The model is left untouched.
+        untied; the message names them), the model holds a lazy module not
+        initialized yet (it cannot be frozen), or a Tucker option is invalid
+        (``implementation``, ranks: see :class:`~tuckerflow.nn.TuckerLinear`). The
+        model is left untouched.
 
     Warns
     -----

@@ -41,6 +41,11 @@ class TuckerMultiheadAttention(nn.MultiheadAttention):
     Both are trained by :class:`~tuckerflow.nn.TDLRT` like any Tucker layer
     (Zangrando et al. 2024).
 
+    Shapes as for ``nn.MultiheadAttention``: query ``(L, N, E)`` (``(N, L, E)`` with
+    ``batch_first``, ``(L, E)`` unbatched), key and value ``(S, N, E)``; output
+    ``(L, N, E)`` and, with ``need_weights``, attention weights ``(N, L, S)``
+    (averaged over heads) or ``(N, num_heads, L, S)``.
+
     Parameters
     ----------
     embed_dim, num_heads : int
@@ -72,8 +77,15 @@ class TuckerMultiheadAttention(nn.MultiheadAttention):
     Raises
     ------
     ValueError
-        If ``kdim`` or ``vdim`` differs from ``embed_dim``, or a Tucker option is
-        invalid.
+        If ``kdim`` or ``vdim`` differs from ``embed_dim``, ``embed_dim`` or
+        ``num_heads`` is not positive (``nn.MultiheadAttention``), or a Tucker option
+        is invalid (see :class:`~tuckerflow.nn.TuckerLinear`).
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
+    AssertionError
+        If ``embed_dim`` is not divisible by ``num_heads`` (``nn.MultiheadAttention``
+        asserts it).
 
     References
     ----------
@@ -243,8 +255,16 @@ class TuckerMultiheadAttention(nn.MultiheadAttention):
             If ``attention`` is not a dense ``nn.MultiheadAttention``.
         ValueError
             If it has separate query/key/value weights (``kdim`` or ``vdim`` differs
-            from ``embed_dim``), both ``rank`` and ``tol`` are given, or an option
-            is invalid.
+            from ``embed_dim``), both ``rank`` and ``tol`` are given, ``tol`` is
+            given with ``adapter=True``, or an option is invalid.
+
+        References
+        ----------
+        .. [1] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular
+           value decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000.
+        .. [2] E. J. Hu, Y. Shen, P. Wallis, Z. Allen-Zhu, Y. Li, S. Wang, L. Wang,
+           W. Chen, "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022
+           (``adapter=True``).
         """
         if not isinstance(attention, nn.MultiheadAttention) or isinstance(
             attention, TuckerMultiheadAttention

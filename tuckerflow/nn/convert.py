@@ -242,9 +242,11 @@ def tuckerize(
     Parameters
     ----------
     model : nn.Module
+        Converted in place (its submodules are replaced).
     tol : float, optional
         Initial ranks from the HOSVD of each weight: total relative error at most
-        ``tol`` (adaptive modes only; kernel modes keep full rank).
+        ``tol`` (dimensionless, ``||W - W_tucker|| <= tol ||W||``; adaptive modes
+        only, kernel modes keep full rank).
     rank : int or sequence, optional
         Explicit initial rank (an int applies to the adaptive modes). With neither
         ``tol`` nor ``rank``: half of every adaptive mode.
@@ -257,9 +259,12 @@ def tuckerize(
     init : {'pretrained', 'random'}
         ``'pretrained'``: HOSVD of the current weights. ``'random'``: HOSVD of a fresh
         draw from PyTorch's default initialisation (training from scratch).
-    implementation : {'dense', 'factorized'}
-    min_rank, max_rank, adaptive_modes
-        Passed to every new layer.
+    implementation : {'dense', 'factorized'}, default 'dense'
+        Forward of every new layer (see :class:`~tuckerflow.nn.TuckerLinear`).
+    min_rank, max_rank : int or sequence of int, optional
+        Rank bounds of every new layer (an int applies to every adaptive mode).
+    adaptive_modes : sequence of int, optional
+        Modes whose rank adapts; default ``(0, 1)`` (the channel modes).
     budget : int, optional
         Total parameter count of all new Tucker weights: the initial ranks of all
         layers are allocated jointly from the HOSVD spectra of their weights
@@ -291,11 +296,16 @@ def tuckerize(
     ------
     TypeError
         If a ``skip`` entry is neither a str nor a type, ``cap_at_dense`` is not a
-        bool, or ``init='random'`` meets a module without ``reset_parameters``.
+        bool, ``init='random'`` meets a module without ``reset_parameters``, or
+        ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence of
+        ints.
     ValueError
         If ``init`` is unknown, a ``skip`` name matches no module of the model
         (usually a typo; the message lists the module names), more than one of
-        ``rank``, ``tol`` and ``budget`` is given, or a module to convert shares a
+        ``rank``, ``tol`` and ``budget`` is given, ``budget_criterion`` is unknown, a
+        Tucker option is invalid for a new layer (``implementation``, ``rank``,
+        ``min_rank``, ``max_rank``, ``adaptive_modes``: see
+        :class:`~tuckerflow.nn.TuckerLinear`), or a module to convert shares a
         ``Parameter`` with another module (the message names both and the ``skip``
         that keeps them dense). Every check, including those of the new layers,
         runs before the model is modified.

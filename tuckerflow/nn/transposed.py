@@ -66,7 +66,11 @@ class _TuckerConvTransposeNd(TuckerLayer):
     ValueError
         If ``groups`` does not divide both channel counts, the padding is not made
         of ints, ``padding_mode`` is not ``'zeros'``, an ``output_padding`` is not
-        smaller than its stride or dilation, or a Tucker option is invalid.
+        smaller than its stride or dilation, or a Tucker option is invalid (see
+        :class:`TuckerConvTranspose2d`).
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
 
     References
     ----------
@@ -204,19 +208,29 @@ class _TuckerConvTransposeNd(TuckerLayer):
 
         Parameters
         ----------
-        x : tensor of shape (batch, in_channels, *spatial) or (in_channels, *spatial)
+        x : tensor of shape ``(batch, in_channels, *spatial)``
+            Or unbatched ``(in_channels, *spatial)``.
         output_size : sequence of int, optional
             Spatial output size (or the full output shape); chooses the output
             padding, as for ``nn.ConvTransposeNd``.
 
         Returns
         -------
-        tensor of shape (batch, out_channels, *spatial_out)
+        tensor of shape ``(batch, out_channels, *spatial_out)``
+            Unbatched ``(out_channels, *spatial_out)`` for an unbatched input;
+            ``spatial_out[d] = (spatial[d] - 1) stride[d] - 2 padding[d] +
+            dilation[d] (kernel_size[d] - 1) + output_padding[d] + 1``, as for
+            ``nn.ConvTransposeNd``.
 
         Raises
         ------
         ValueError
-            If ``output_size`` is not reachable from the input size.
+            If ``output_size`` has the wrong number of entries or is not reachable
+            from the input size.
+        RuntimeError
+            Inside a ``DistributedDataParallel`` that also reduces this
+            TDLRT-trained layer's core and factors (the model was wrapped without
+            :func:`~tuckerflow.nn.prepare_ddp`).
         """
         output_padding = self._output_padding(x, output_size)
         if self.implementation == "dense":
@@ -285,6 +299,14 @@ class _TuckerConvTransposeNd(TuckerLayer):
         return y
 
     def extra_repr(self) -> str:
+        """The constructor options shown by ``repr(layer)``.
+
+        Returns
+        -------
+        str
+            Channels, kernel, stride, padding, output padding, dilation and groups,
+            then the Tucker options (:meth:`TuckerLayer.extra_repr`).
+        """
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, "
@@ -324,9 +346,20 @@ class _TuckerConvTransposeNd(TuckerLayer):
         Raises
         ------
         TypeError
-            If ``conv`` is not a transposed convolution of the class's dimension.
+            If ``conv`` is not a transposed convolution of the class's dimension,
+            ``tol`` is not a real number, or a rank is neither an int nor a sequence
+            of ints.
         ValueError
-            If both ``rank`` and ``tol`` are given, or an option is invalid.
+            If both ``rank`` and ``tol`` are given, ``tol`` lies outside ``[0, 1)``,
+            or an option is invalid (see :class:`TuckerConvTranspose2d`).
+
+        References
+        ----------
+        .. [1] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular
+           value decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000.
+        .. [2] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+           "Geometry-aware training of factorized layers in tensor Tucker format",
+           NeurIPS 2024.
         """
         expected = _DENSE[cls.spatial_dims]
         if not isinstance(conv, expected):
@@ -355,21 +388,49 @@ class TuckerConvTranspose1d(_TuckerConvTransposeNd):
     see :class:`TuckerConvTranspose2d`. At full rank it computes exactly what the
     dense layer with the same weight computes (groups, stride, padding,
     ``output_padding``, dilation and ``forward(x, output_size)`` included).
+    Input ``(N, C_in, L)`` or ``(C_in, L)``, output ``(N, C_out, L_out)`` or
+    ``(C_out, L_out)``; weight ``(C_in, C_out / groups, k)``.
 
     Parameters
     ----------
     in_channels, out_channels : int
+        ``C_in`` and ``C_out``; both divisible by ``groups``.
     kernel_size, stride, padding, output_padding, dilation : int or tuple of int
+        As for :class:`torch.nn.ConvTranspose1d` (integer padding only).
     groups : int, default 1
     bias : bool, default True
     padding_mode : {'zeros'}
+        The only mode ``nn.ConvTranspose1d`` supports.
     rank, min_rank, max_rank : int or sequence of int, optional
+        Initial rank and rank bounds, as for :class:`TuckerConvTranspose2d` (3
+        modes).
     adaptive_modes : sequence of int, optional
-        Default ``(0, 1)``.
-    implementation : {'dense', 'factorized'}
+        Default ``(0, 1)``: the channel modes adapt, the kernel modes keep full size.
+    implementation : {'dense', 'factorized'}, default 'dense'
     device, dtype : optional
-    init_weight, offset : tensor, optional
+        Of the parameters.
+    init_weight, offset : tensor of shape (C_in, C_out / groups, k), optional
+        Dense weight to initialise from by its HOSVD; frozen weight added to the
+        Tucker weight (adapters).
     zero_core : bool, default False
+        Start from the zero core (adapters: ``dW = 0``).
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not divide both channel counts, the padding is not made
+        of ints, ``padding_mode`` is not ``'zeros'``, an ``output_padding`` is not
+        smaller than its stride or dilation, or a Tucker option is invalid (see
+        :class:`TuckerConvTranspose2d`).
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
     """
 
     spatial_dims = 1
@@ -385,20 +446,70 @@ class TuckerConvTranspose2d(_TuckerConvTransposeNd):
     2024); :func:`~tuckerflow.nn.tuckerize` converts ``nn.ConvTranspose2d`` modules
     (UNet decoders) into it.
 
+    Shapes: input ``(N, C_in, H, W)`` (or unbatched ``(C_in, H, W)``), output
+    ``(N, C_out, H_out, W_out)`` with ``H_out = (H - 1) stride[0] - 2 padding[0] +
+    dilation[0] (kh - 1) + output_padding[0] + 1`` (likewise ``W_out``), as for
+    ``nn.ConvTranspose2d``.
+
     Parameters
     ----------
     in_channels, out_channels : int
+        ``C_in`` and ``C_out``; both divisible by ``groups``.
     kernel_size, stride, padding, output_padding, dilation : int or tuple of int
+        As for :class:`torch.nn.ConvTranspose2d` (integer padding only).
     groups : int, default 1
     bias : bool, default True
     padding_mode : {'zeros'}
-    rank, min_rank, max_rank : int or sequence of int, optional
+        The only mode ``nn.ConvTranspose2d`` supports.
+    rank : int or sequence of int, optional
+        Initial multilinear rank ``(r_in, r_out, r_h, r_w)`` of the weight. An int
+        ``r`` applies to the adaptive modes (``min(r, n_i)``) while the fixed modes
+        keep their full size; a sequence gives every mode, each in ``[1, n_i]``.
+        Default: ``max(1, n_i // 2)`` on every adaptive mode. An adaptive rank above
+        the product of the other ranks is lowered to it (it would only store zeros).
+    min_rank, max_rank : int or sequence of int, optional
+        Bounds on the adaptive ranks during rank-adaptive training (an int applies
+        to every mode; default 1 and ``n_i``). Fixed modes stay at their rank;
+        ``max_rank`` is clipped to ``n_i`` and ``min_rank`` to ``max_rank``.
     adaptive_modes : sequence of int, optional
-        Default ``(0, 1)``.
-    implementation : {'dense', 'factorized'}
+        The modes whose rank may change. Default ``(0, 1)``: the channel modes adapt,
+        the kernel modes keep full size.
+    implementation : {'dense', 'factorized'}, default 'dense'
+        ``'dense'``: rebuild the weight and run one ``F.conv_transpose2d``.
+        ``'factorized'``: never form it (1x1 convolution with the input basis,
+        transposed convolution with the core, 1x1 convolution with the output
+        basis); :class:`~tuckerflow.nn.TDLRT` then takes the parallel BUG step from
+        the core and factor gradients.
     device, dtype : optional
-    init_weight, offset : tensor, optional
+        Of the parameters.
+    init_weight : tensor of shape (C_in, C_out / groups, kh, kw), optional
+        Dense weight whose truncated HOSVD initialises the layer (default: a
+        Kaiming-uniform draw, as ``nn.ConvTranspose2d``).
+    offset : tensor of shape (C_in, C_out / groups, kh, kw), optional
+        Frozen weight (a buffer) added to the Tucker weight (adapters:
+        ``W0 + Tucker(dW)``).
     zero_core : bool, default False
+        Start from the zero core (adapters: ``dW = 0``).
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not divide both channel counts; the padding is not made
+        of ints; ``padding_mode`` is not ``'zeros'``; an ``output_padding`` is not
+        smaller than its stride or dilation; ``implementation`` is unknown; an entry
+        of ``adaptive_modes`` is not a mode (``0 <= m < 4``); ``rank``,
+        ``min_rank`` or ``max_rank`` has not one entry per mode; an int ``rank`` is
+        below 1 or a mode rank lies outside ``[1, n_i]``; or a ``min_rank`` or
+        ``max_rank`` entry of an adaptive mode is below 1.
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
 
     Examples
     --------
@@ -419,20 +530,49 @@ class TuckerConvTranspose3d(_TuckerConvTransposeNd):
     """``nn.ConvTranspose3d`` with a Tucker weight (modes: in, out/groups, kd, kh,
     kw); see :class:`TuckerConvTranspose2d`.
 
+    Input ``(N, C_in, D, H, W)`` or unbatched, output ``(N, C_out, D_out, H_out,
+    W_out)``; weight ``(C_in, C_out / groups, kd, kh, kw)``.
+
     Parameters
     ----------
     in_channels, out_channels : int
+        ``C_in`` and ``C_out``; both divisible by ``groups``.
     kernel_size, stride, padding, output_padding, dilation : int or tuple of int
+        As for :class:`torch.nn.ConvTranspose3d` (integer padding only).
     groups : int, default 1
     bias : bool, default True
     padding_mode : {'zeros'}
+        The only mode ``nn.ConvTranspose3d`` supports.
     rank, min_rank, max_rank : int or sequence of int, optional
+        Initial rank and rank bounds, as for :class:`TuckerConvTranspose2d` (5
+        modes).
     adaptive_modes : sequence of int, optional
-        Default ``(0, 1)``.
-    implementation : {'dense', 'factorized'}
+        Default ``(0, 1)``: the channel modes adapt, the kernel modes keep full size.
+    implementation : {'dense', 'factorized'}, default 'dense'
     device, dtype : optional
-    init_weight, offset : tensor, optional
+        Of the parameters.
+    init_weight, offset : tensor of shape (C_in, C_out / groups, kd, kh, kw), optional
+        Dense weight to initialise from by its HOSVD; frozen weight added to the
+        Tucker weight (adapters).
     zero_core : bool, default False
+        Start from the zero core (adapters: ``dW = 0``).
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not divide both channel counts, the padding is not made
+        of ints, ``padding_mode`` is not ``'zeros'``, an ``output_padding`` is not
+        smaller than its stride or dilation, or a Tucker option is invalid (see
+        :class:`TuckerConvTranspose2d`).
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
     """
 
     spatial_dims = 3
