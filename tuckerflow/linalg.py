@@ -345,11 +345,17 @@ def _gram_svd(tall: Any) -> tuple[Any, Any, Any]:
     return left, values, tl.transpose(right)
 
 
+SMALL_SVD_ENTRIES = 2**16
+"""Wide matrices up to this many entries get one SVD in :func:`left_singular`."""
+
+
 def left_singular(matrix: Any) -> tuple[Any, Any]:
     """Thin SVD keeping only the left side: ``matrix = P diag(s) (...)^T``.
 
-    Wide matrices (``n > 2 m``) go through the triangular factor of a QR of
-    ``matrix^T`` first, which is cheaper and has the same left singular vectors.
+    Large wide matrices (``n > 2 m``, more than ``SMALL_SVD_ENTRIES`` entries) go
+    through the triangular factor of a QR of ``matrix^T`` first, which is cheaper
+    and has the same left singular vectors; small ones (the unfoldings of an
+    integrator's core) take one SVD, where the call, not the arithmetic, costs.
 
     Parameters
     ----------
@@ -364,7 +370,7 @@ def left_singular(matrix: Any) -> tuple[Any, Any]:
         Singular values in decreasing order.
     """
     rows, cols = tl.shape(matrix)
-    if cols > 2 * rows:
+    if cols > 2 * rows and rows * cols > SMALL_SVD_ENTRIES:
         # matrix = R^T Q^T: the left singular vectors and values are those of the small
         # square R^T; QR is backward stable and computing R alone skips both Q and the
         # wide right singular vectors (6x faster than a thin SVD for 128 x 16384)

@@ -16,6 +16,7 @@ from ..hosvd import (
     RankSpec,
     check_rank_rule,
     decompose_core,
+    pinned_modes,
     select_ranks,
     truncate_core,
 )
@@ -191,6 +192,9 @@ class AugmentedStep:
     old_q: list[Any] | None
     _decomposition: Any = None
     _decomposed_for: Any = None
+    old_core: Any = None
+    """The core before the step: the truncation computes from it the ``Q_i`` that
+    ``old_q`` leaves out (None entries: full-rank modes, which take no K-step)."""
 
     def decompose(self, min_rank: RankSpec = 1, max_rank: RankSpec = None):
         """SVDs of the core unfoldings (modes pinned by the bounds skipped), cached."""
@@ -253,6 +257,7 @@ class AugmentedStep:
             old_factors=self.old_factors,
             old_q=self.old_q,
             decomposition=self.decompose(min_rank, max_rank),
+            old_core=self.old_core,
         )
         return result if state is None else (result, state)
 
@@ -271,8 +276,17 @@ def truncate_step(
     old_factors: Sequence[Any],
     old_q: Sequence[Any] | None,
     decomposition: Any = None,
+    old_core: Any = None,
 ) -> tuple[TuckerTensor, OptimizerState | None]:
-    """Truncate the augmented core; move the optimizer state into the new bases."""
+    """Truncate the augmented core; move the optimizer state into the new bases.
+
+    The K-state of a mode at full rank before the step and pinned there by the
+    bounds (``min_rank_i = max_rank_i = n_i``: a convolution's kernel modes) is
+    never read (such a mode takes no K-step); it is set to zeros of its new shape
+    (as it stays when it was zero, its value from :meth:`Momentum.init`), and no QR
+    of the old or the new core is computed for it. ``old_q[i]`` may be None for a
+    full-rank mode; it is then computed from ``old_core`` when needed.
+    """
     result, _, changes = truncate_core(
         augmented_core,
         bases,
@@ -287,6 +301,21 @@ def truncate_step(
     if state is None:
         return result, None
     state = state.transform_core(changes)
-    new_q = [reparametrize(result.core, mode)[0] for mode in range(len(bases))]
+    dims = tl.shape(augmented_core)
+    pinned = pinned_modes(
+        dims, tucker_shape(bases), rank=None, min_rank=min_rank, max_rank=max_rank
+    )
+    idle = [
+        p and tl.shape(f)[0] == tl.shape(f)[1]
+        for p, f in zip(pinned, old_factors, strict=True)
+    ]
+    new_q = [
+        None if idle[mode] else reparametrize(result.core, mode)[0]
+        for mode in range(len(bases))
+    ]
+    old_q = [
+        q if q is not None or idle[mode] else reparametrize(old_core, mode)[0]
+        for mode, q in enumerate(old_q)
+    ]
     k_changes = k_coordinate_change(old_q, old_factors, new_q, result.factors)
     return result, state.transform_bases(k_changes)

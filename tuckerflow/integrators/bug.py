@@ -406,12 +406,14 @@ def _parallel_augment(
         bases,
         state,
         list(factors),
-        None if state is None else [q for q, _ in reparams],
+        None if state is None else [None if r is None else r[0] for r in reparams],
+        old_core=core,
     )
 
 
 def _needed_reparams(core: Any, factors: Sequence[Any], with_state: bool) -> list[Any]:
-    """QR reparametrizations; square (full-rank) modes need none without a state."""
+    """QR reparametrizations; square (full-rank) modes take no K-step and need none
+    (the truncation computes the ``Q`` of such a mode when it must move its state)."""
     return [
         reparametrize(core, mode)
         if with_state or tl.shape(f)[0] != tl.shape(f)[1]
@@ -456,7 +458,7 @@ def parallel_augment_from_factor_gradients(
     reparametrizations between the K-gradient solve and the update. Public callers use
     :func:`k_gradients_from_factor_gradients` and :func:`parallel_bug_update`.
     """
-    reparams = _needed_reparams(core, factors, state is not None)
+    reparams = _needed_reparams(core, factors, False)
     k_grads = _k_gradients(core, factors, factor_grads, reparams, rcond)
     return _parallel_augment(
         core, factors, reparams, core_grad, k_grads, lr, state=state
@@ -472,10 +474,11 @@ def parallel_augment_unchecked(
     state: OptimizerState | None = None,
 ) -> AugmentedStep:
     """:func:`parallel_bug_step` up to the truncation, from a dense gradient, without
-    input validation (the PyTorch optimizer's path for dense layers)."""
-    reparams = _needed_reparams(core, factors, state is not None)
+    input validation (the PyTorch optimizer's path for dense layers; its gradients
+    are checked for NaN and Inf before). Full-rank modes get no reparametrization,
+    K-step or QR."""
+    reparams = _needed_reparams(core, factors, False)
     contractions = GradientContractions(grad, factors)
-    contractions.check_finite("grad")
     k_grads = [
         None
         if reparam is None

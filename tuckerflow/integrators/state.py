@@ -509,17 +509,28 @@ def k_coordinate_change(
     """``R_i = V_i^T V_i'`` for every mode, without forming any Kronecker product.
 
     ``V_i = (kron_{j != i} U_j) Q_i``; the product ``(kron_j U_j^T U'_j) Q_i'`` is
-    applied by mode products on ``Q_i'`` folded into a tensor.
+    applied by mode products on ``Q_i'`` folded into a tensor. ``new_q[i] = None``
+    asks for a zero ``R_i`` (of shape ``(k_i, k_i')``): the K-state of that mode is
+    dropped.
     """
     order = len(old_factors)
     overlaps = [
         tl.dot(tl.transpose(u), u_new)
         for u, u_new in zip(old_factors, new_factors, strict=True)
     ]
+    old_ranks = [tl.shape(u)[1] for u in old_factors]
+    new_ranks = [tl.shape(u)[1] for u in new_factors]
     changes = []
     for mode in range(order):
         others = [j for j in range(order) if j != mode]
         q_new = new_q[mode]
+        if q_new is None:
+            shape = (
+                min(old_ranks[mode], math.prod(old_ranks) // old_ranks[mode]),
+                min(new_ranks[mode], math.prod(new_ranks) // new_ranks[mode]),
+            )
+            changes.append(_zeros(shape, old_factors[mode]))
+            continue
         shape = [tl.shape(new_factors[j])[1] for j in others]
         folded = tl.reshape(q_new, (*shape, tl.shape(q_new)[1]))
         for position, j in enumerate(others):

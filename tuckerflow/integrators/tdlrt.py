@@ -176,15 +176,19 @@ def tdlrt_augment_unchecked(
 ) -> AugmentedStep:
     """Steps 1-5 of :func:`tdlrt_step` without input validation; truncate with
     :meth:`AugmentedStep.finish`. The PyTorch optimizer's fast path: its points are
-    orthonormal by construction and its rule is checked once."""
+    orthonormal by construction, its rule is checked once and its gradients are
+    checked for NaN and Inf before (no check here, no host synchronization).
+    Full-rank modes (``n_i == r_i``) get no reparametrization, K-step or QR."""
     with phase("augmentation"):
+        # a full-rank mode takes no K-step: no reparametrization (the truncation
+        # computes its Q only if it must move that mode's optimizer state)
         reparams = [
-            reparametrize(core, mode)
-            if state is not None or not _is_square(factor)
-            else None
+            None if _is_square(factor) else reparametrize(core, mode)
             for mode, factor in enumerate(factors)
         ]
-    return _tdlrt_augment(core, factors, reparams, grad, lr, state=state)
+    return _tdlrt_augment(
+        core, factors, reparams, grad, lr, state=state, check_finite=False
+    )
 
 
 def _tdlrt_update(core, factors, reparams, grad, lr, *, state, **rule):
@@ -195,17 +199,22 @@ def _tdlrt_update(core, factors, reparams, grad, lr, *, state, **rule):
         return augmented.finish(**rule)
 
 
-def _tdlrt_augment(core, factors, reparams, grad, lr, *, state) -> AugmentedStep:
-    """Steps 1-5 of :func:`tdlrt_step`: the augmented core, before truncation."""
+def _tdlrt_augment(
+    core, factors, reparams, grad, lr, *, state, check_finite=True
+) -> AugmentedStep:
+    """Steps 1-5 of :func:`tdlrt_step`: the augmented core, before truncation.
+
+    ``reparams[i]`` may be None for a full-rank mode (``n_i == r_i``)."""
     state = state.begin_step() if state is not None else None
 
     # 1. the only passes over the dense gradient
     with phase("contractions"):
         contractions = GradientContractions(grad, factors)
-        contractions.check_finite("grad")
+        if check_finite:
+            contractions.check_finite("grad")
         k_grads = [
             None
-            if reparam is None  # full-rank mode without state: not needed
+            if reparam is None or _is_square(factors[mode])  # full rank: no K-step
             else tl.dot(contractions.unfolded_partial(mode), reparam[0])  # dL/dK_i
             for mode, reparam in enumerate(reparams)
         ]
@@ -250,7 +259,8 @@ def _tdlrt_augment(core, factors, reparams, grad, lr, *, state) -> AugmentedStep
         bases,
         state,
         list(factors),
-        None if state is None else [q for q, _ in reparams],
+        None if state is None else [None if r is None else r[0] for r in reparams],
+        old_core=core,
     )
 
 
