@@ -3,6 +3,8 @@
 After N steps every worker holds the same ranks and weights (bit for bit), equal to a
 single process trained on the same global batches (float64, to 1e-10: the all-reduce
 sums in another order), and a checkpoint written by worker 0 resumes in one process.
+Without prepare_ddp, DDP either just works (the optimizer created first prepares the
+model) or is refused with a message naming prepare_ddp.
 """
 
 from __future__ import annotations
@@ -89,23 +91,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _single_process(start_step=0, model=None, optimizer=None):
-    namespace: dict = {}
-    exec(COMMON, namespace)
-    if model is None:
-        model = namespace["build"]()
-        optimizer = namespace["make_optimizer"](model)
-    for step in range(start_step, namespace["STEPS"]):
-        x, y = namespace["global_batch"](step)
-        optimizer.zero_grad()
-        namespace["F"].cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return model, namespace
-
-
-def test_two_workers_stay_identical_and_match_one_process(tmp_path):
+def _run_two_workers(script_text, tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(script_text)
     port = _free_port()
     processes = []
     for rank in range(2):
@@ -130,6 +118,23 @@ def test_two_workers_stay_identical_and_match_one_process(tmp_path):
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err.decode()[-3000:]
 
+
+def _single_process(start_step=0, model=None, optimizer=None):
+    namespace: dict = {}
+    exec(COMMON, namespace)
+    if model is None:
+        model = namespace["build"]()
+        optimizer = namespace["make_optimizer"](model)
+    for step in range(start_step, namespace["STEPS"]):
+        x, y = namespace["global_batch"](step)
+        optimizer.zero_grad()
+        namespace["F"].cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model, namespace
+
+
+def test_two_workers_stay_identical_and_match_one_process(tmp_path):
+    _run_two_workers(WORKER, tmp_path)
     states = [
         torch.load(tmp_path / f"worker{r}.pt", weights_only=True) for r in range(2)
     ]
@@ -157,3 +162,112 @@ def test_two_workers_stay_identical_and_match_one_process(tmp_path):
             torch.testing.assert_close(
                 resumed.state_dict()[key], value, atol=1e-10, rtol=0
             )
+
+
+# ------------------- issue 13 item 13: DistributedDataParallel without prepare_ddp
+PLAIN_DDP = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+    from tuckerflow.nn import TDLRT, TuckerLinear, prepare_ddp
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            TuckerLinear(8, 6, rank=2, dtype=torch.float64), nn.Tanh(),
+            nn.Linear(6, 2, dtype=torch.float64),
+        )
+
+    def train(module, optimizer, steps=4):
+        for step in range(steps):
+            generator = torch.Generator().manual_seed(10 * step + rank)
+            x = torch.randn(8, 8, generator=generator, dtype=torch.float64)
+            y = torch.randn(8, 2, generator=generator, dtype=torch.float64)
+            optimizer.zero_grad()
+            F.mse_loss(module(x), y).backward()
+            optimizer.step()
+
+    def outcome(run):
+        try:
+            run()
+        except (RuntimeError, ValueError) as error:
+            return f"{type(error).__name__}: {error}"
+        return "ok"
+
+    results = {}
+
+    def wrapped_first_optimizer_on_the_wrapper():
+        model = build()
+        ddp = DistributedDataParallel(model)
+        TDLRT(ddp, lr=0.1)
+
+    def wrapped_first_optimizer_on_the_parameters():
+        model = build()
+        ddp = DistributedDataParallel(model)
+        train(ddp, TDLRT(model.parameters(), lr=0.1))
+
+    def optimizer_first():  # the order of accelerate and the HF Trainer
+        model = build()
+        optimizer = TDLRT(model, lr=0.3, tol=1e-3)
+        ddp = DistributedDataParallel(model)
+        train(ddp, optimizer)
+        assert model[0].rank != (2, 2), model[0].rank  # shapes changed under DDP
+        torch.save(model.state_dict(), f"{sys.argv[1]}/optimizer_first{rank}.pt")
+
+    def prepared_root_layer():  # DDP's reducer names the root's parameters ".core"
+        torch.manual_seed(0)
+        layer = TuckerLinear(8, 2, rank=1, dtype=torch.float64)
+        ddp = DistributedDataParallel(prepare_ddp(layer))
+        train(ddp, TDLRT(layer, lr=0.3, tol=1e-3))
+        assert layer.rank != (1, 1), layer.rank
+        torch.save(layer.state_dict(), f"{sys.argv[1]}/root{rank}.pt")
+
+    for run in (
+        wrapped_first_optimizer_on_the_wrapper,
+        wrapped_first_optimizer_on_the_parameters,
+        optimizer_first,
+        prepared_root_layer,
+    ):
+        results[run.__name__] = outcome(run)
+    torch.save(results, f"{sys.argv[1]}/results{rank}.pt")
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_plain_ddp_is_refused_naming_prepare_ddp_or_works(tmp_path):
+    """A model wrapped in DDP before the optimizer exists is refused with a message
+    naming prepare_ddp (at TDLRT construction when TDLRT is given the wrapper, else
+    at the first forward; before, DDP failed on the second iteration with its message
+    about parameters that did not receive gradients). Created before the wrapping,
+    TDLRT(model) prepares the model itself, and DDP(model) trains with rank changes;
+    prepare_ddp also covers a Tucker layer that is the wrapped model itself."""
+    _run_two_workers(PLAIN_DDP, tmp_path)
+    results = [
+        torch.load(tmp_path / f"results{r}.pt", weights_only=True) for r in range(2)
+    ]
+    assert results[0] == results[1]
+    outcome = results[0]
+    assert outcome["wrapped_first_optimizer_on_the_wrapper"].startswith(
+        "ValueError: TDLRT: the DistributedDataParallel 'model' reduces the core and "
+        "factors of the Tucker layer 'module.0': it was built without prepare_ddp"
+    )
+    message = outcome["wrapped_first_optimizer_on_the_parameters"]
+    assert message.startswith("RuntimeError: TuckerLinear (weight shape (6, 8))")
+    assert "prepare_ddp(model) before wrapping" in message
+    assert outcome["optimizer_first"] == "ok"
+    assert outcome["prepared_root_layer"] == "ok"
+    for name in ("optimizer_first", "root"):
+        states = [
+            torch.load(tmp_path / f"{name}{r}.pt", weights_only=True) for r in range(2)
+        ]
+        for key, value in states[0].items():
+            assert torch.equal(value, states[1][key]), (name, key)

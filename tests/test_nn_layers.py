@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -191,3 +193,30 @@ def test_weight_gradient_mode_leaves_no_graph_behind():
     assert y.requires_grad
     del y
     assert np.isfinite(layer.weight.detach().numpy()).all()
+
+
+# ------------------- issue 13 item 7: fixed modes next to a size-1 channel mode
+@pytest.mark.parametrize(
+    "make,rank",
+    [
+        # the kernel mode keeps its 7 although the other ranks multiply to 5 or 4
+        (lambda: TuckerConv1d(1, 16, 7, rank=(5, 1, 7)), (5, 1, 7)),
+        (lambda: TuckerConv1d(1, 16, 7), (7, 1, 7)),  # default: 16 // 2 capped at 7
+        (lambda: TuckerConv1d(8, 8, 7, groups=8), (4, 1, 7)),  # depthwise
+        (lambda: TuckerConv2d(1, 16, 3, rank=2), (2, 1, 3, 3)),
+        # no weight of shape (1, 1, 7) has a kernel rank above 1
+        (lambda: TuckerConv1d(1, 1, 7), (1, 1, 1)),
+        # adaptive ranks are still capped at the product of the others
+        (lambda: TuckerConv1d(2, 16, 1, rank=(8, 2, 1)), (2, 2, 1)),
+        (lambda: TuckerLinear(20, 30, rank=(12, 3)), (3, 3)),
+    ],
+)
+def test_fixed_modes_keep_their_size_and_adaptive_ranks_are_capped(make, rank):
+    layer = make()
+    assert layer.rank == rank
+    for mode, (low, high) in enumerate(zip(layer.min_rank, layer.max_rank)):
+        if mode not in layer.adaptive_modes:
+            assert low == high == rank[mode]
+    for mode in layer.adaptive_modes:
+        others = math.prod(rank) // rank[mode]
+        assert rank[mode] <= others

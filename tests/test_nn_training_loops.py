@@ -24,8 +24,10 @@ from torch import nn  # noqa: E402
 
 from tuckerflow.nn import (  # noqa: E402
     TDLRT,
+    TuckerConv1d,
     TuckerConv2d,
     TuckerLinear,
+    add_tucker_adapters,
     prepare_ddp,
     tuckerize,
 )
@@ -659,3 +661,107 @@ def test_named_parameters_get_a_name_for_weight_delta_and_checkpoints_load():
     packed = fresh.state[clone[0].core]["tucker_state"]
     reference = optimizer.state[model[0].core]["tucker_state"]
     torch.testing.assert_close(packed["core"], reference["core"], rtol=0, atol=0)
+
+
+# ------------------- item 7: kernel modes next to a size-1 channel mode
+def _low_rank_kernel_target(rank, seed=1):
+    """A (16, 1, 7) weight whose mode-0 (output channel) rank is ``rank``."""
+    generator = torch.Generator().manual_seed(seed)
+    left = torch.randn(16, rank, generator=generator, dtype=D)
+    right = torch.randn(rank, 7, generator=generator, dtype=D)
+    return (left @ right).reshape(16, 1, 7)
+
+
+def _fit(layer, parameters, target, steps):
+    """``steps`` TDLRT steps of lr 1 on 0.5 ||W - A||^2; the relative errors."""
+    optimizer = TDLRT(parameters, lr=1.0, tol=1e-10)
+    errors = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (0.5 * (layer.weight - target).pow(2).sum()).backward()
+        optimizer.step()
+        errors.append(float((layer.weight.detach() - target).norm() / target.norm()))
+    return errors
+
+
+def test_a_conv1d_with_one_input_channel_reaches_a_target_in_one_step():
+    """P2 (one lr-1 step lands on a target within reach) for Conv1d(1, 16, 7): the
+    kernel mode keeps its 7 columns, so the layer's span holds the target."""
+    torch.manual_seed(0)
+    layer = TuckerConv1d(1, 16, 7, rank=(5, 1, 7), bias=False, dtype=D)
+    assert layer.rank == (5, 1, 7)
+    errors = _fit(layer, layer.parameters(), _low_rank_kernel_target(5), steps=1)
+    assert errors[0] <= 1e-12
+    assert layer.rank == (5, 1, 7)  # the target's ranks, kernel mode kept
+
+
+def test_a_conv1d_with_one_input_channel_grows_to_a_full_rank_target():
+    """Before, the kernel mode was cut to 5 and pinned: a target of output-channel
+    rank 7 stayed 14% away forever (and the reported rank (7, 1, 5) was no multilinear
+    rank). Now the output-channel rank grows to 7 and the target is reached."""
+    torch.manual_seed(0)
+    layer = TuckerConv1d(1, 16, 7, rank=(5, 1, 7), bias=False, dtype=D)
+    errors = _fit(layer, layer.parameters(), _low_rank_kernel_target(7), steps=2)
+    assert errors[-1] <= 1e-12, errors
+    assert layer.rank == (7, 1, 7)
+
+
+def test_an_adapter_on_a_conv1d_with_one_input_channel_reaches_its_target():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 16, 7, dtype=D))
+    base = model[0].weight.detach().clone()
+    add_tucker_adapters(model, ["0"], rank=5, verbose=False)
+    layer = model[0]
+    assert layer.rank == (5, 1, 7)
+    target = base + _low_rank_kernel_target(5)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    errors = _fit(layer, trainable, target, steps=1)
+    assert errors[0] <= 1e-12
+
+
+# ------------------------------------ torch.compile across a rank change
+def test_torch_compile_follows_rank_changes_like_eager_mode():
+    """A compiled tuckerized model recompiles when TDLRT changes a rank (the
+    Parameters keep their identity, their shapes change) and computes what the eager
+    model computes. The aot_eager backend traces exactly what inductor would compile
+    (dynamo guards, AOTAutograd with the weight_delta Function) without a C++ build."""
+    torch._dynamo.reset()
+
+    def build():
+        torch.manual_seed(0)
+        return tuckerize(
+            nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(8 * 6 * 6, 5),
+            ),
+            rank=2,
+        )
+
+    eager, model = build(), build()
+    compiled = torch.compile(model, backend="aot_eager")
+    runs = [
+        (eager, TDLRT(eager, lr=0.5, tol=0.02)),
+        (compiled, TDLRT(model, lr=0.5, tol=0.02)),
+    ]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 6, 6, generator=generator)
+    y = torch.randint(0, 5, (16,), generator=generator)
+    ranks = []
+    for _ in range(3):
+        losses = []
+        for module, optimizer in runs:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(module(x), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=0)
+        assert (model[0].rank, model[3].rank) == (eager[0].rank, eager[3].rank)
+        ranks.append((model[0].rank, model[3].rank))
+    start = ((2, 2, 3, 3), (2, 2))
+    assert start != ranks[0] != ranks[1], "ranks should change between compiled calls"
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()

@@ -35,7 +35,7 @@ def initial_rank(
     if tol is None:
         return rank
     adaptive = (0, 1) if adaptive_modes is None else tuple(adaptive_modes)
-    weight = weight.detach()
+    weight = weight.detach().to(layers.factorization_dtype(weight.dtype))
     with tf.use_backend("pytorch"):
         fixed = tuple(
             weight.shape[m] if m not in adaptive else 1 for m in range(weight.dim())

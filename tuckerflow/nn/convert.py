@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .attention import TuckerMultiheadAttention
-from .layers import TuckerLayer
+from .layers import TuckerLayer, factorization_dtype
 from .registry import dense_weight, lookup, main_tucker_layer
 
 __all__ = ["tuckerize", "compression_report", "CompressionReport"]
@@ -470,7 +470,8 @@ def _break_even_rank(layer: TuckerLayer, weight: torch.Tensor) -> tuple | None:
     low, high = _floor_rank(layer), layer.rank
     if _count(layer, low) > dense:
         return None
-    weight = weight.detach()
+    # float16/bfloat16 have no SVD: the spectra in float32
+    weight = weight.detach().to(factorization_dtype(weight.dtype))
     with tf.use_backend("pytorch"):
         _, spectra = core_singular_vectors(
             weight, skip=[lo == hi for lo, hi in zip(low, high)]
@@ -531,7 +532,8 @@ def _budget_ranks(
     floor = options["min_rank"] or 1
     problems = []
     for weight in weights:
-        weight = weight.detach()
+        # float16/bfloat16 have no SVD: the spectra in float32
+        weight = weight.detach().to(factorization_dtype(weight.dtype))
         shape = tuple(weight.shape)
         floors = (floor,) * len(shape) if isinstance(floor, int) else tuple(floor)
         high = tuple(

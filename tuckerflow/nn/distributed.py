@@ -14,6 +14,15 @@ Usage (launched with ``torchrun --nproc_per_node=N train.py``)::
     model = tuckerize(LeNet5(), init="random")
     model = DistributedDataParallel(prepare_ddp(model))
     optimizer = TDLRT(model, lr=0.05, momentum=0.9)   # detects the process group
+
+Without :func:`prepare_ddp`: ``TDLRT(model, ...)`` created *before* the model is
+wrapped (the order of ``accelerate`` and the Hugging Face ``Trainer``) applies it to
+``model`` itself when a process group of several workers is initialized, so
+``DistributedDataParallel(model)`` afterwards just works. A model wrapped *before*
+the optimizer is created cannot be repaired (DDP has fixed its buckets): ``TDLRT``
+given the wrapper refuses at construction, and otherwise the first forward pass of a
+Tucker layer inside that DDP raises, both naming :func:`prepare_ddp` (instead of
+DDP's later message about parameters that did not receive gradients).
 """
 
 from __future__ import annotations
@@ -41,16 +50,22 @@ def prepare_ddp(model: nn.Module) -> nn.Module:
     names = []
     for prefix, module in model.named_modules():
         if isinstance(module, TuckerLayer):
-            for name, _ in module.named_parameters(recurse=False):
-                if name != "bias":
-                    names.append(f"{prefix}.{name}" if prefix else name)
-            for index in range(len(module.factors)):
-                names.append(
-                    f"{prefix}.factors.{index}" if prefix else f"factors.{index}"
-                )
+            local = [
+                name
+                for name, _ in module.named_parameters(recurse=False)
+                if name != "bias"
+            ]
+            local += [f"factors.{index}" for index in range(len(module.factors))]
             # created by TDLRT, possibly after this call: its gradient is dL/dW,
             # which TDLRT averages itself
-            names.append(f"{prefix}.weight_delta" if prefix else "weight_delta")
+            local.append("weight_delta")
+            for name in local:
+                if prefix:
+                    names.append(f"{prefix}.{name}")
+                else:
+                    # the model itself is the Tucker layer: DDP's parameter list
+                    # calls it "core", its reducer ".core" (module name + "." + name)
+                    names += [name, f".{name}"]
     existing = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
     model._ddp_params_and_buffers_to_ignore = sorted(set(existing + names))
     return model

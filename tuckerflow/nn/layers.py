@@ -29,6 +29,7 @@ work; whole models pickle (``torch.save(model)``, ``copy.deepcopy``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from torch import nn
 from torch.nn.modules.utils import _ntuple, _reverse_repeat_tuple
 
 import tuckerflow as tf
+from tuckerflow._checks import available_ranks
 
 __all__ = [
     "TuckerLayer",
@@ -52,6 +54,42 @@ __all__ = [
 
 IMPLEMENTATIONS = ("dense", "factorized")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def factorization_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype Tucker layers of ``dtype`` factorize and step in.
+
+    float16 and bfloat16 have no SVD or QR (and 8 or 11 significant bits): their
+    HOSVD and TDLRT steps run in float32 and the results are stored back in the
+    layer's dtype. Every other dtype computes in itself.
+    """
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A context without ``torch.autocast`` for ``device_type`` (a no-op when autocast
+    is not active there).
+
+    The Tucker weight is built in its parameters' dtype, as ``nn.Linear.weight`` is
+    stored: under autocast the convolution or matmul that uses it casts it, exactly as
+    it casts a dense layer's weight. Autocast must not cast the mode products in
+    between (it would round after each one, and ``tensordot`` refuses the mixed
+    dtypes autocast produces).
+    """
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        enabled = (
+            torch.is_autocast_cpu_enabled()
+            if device_type == "cpu"
+            else torch.is_autocast_enabled()
+        )
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 def _per_mode(value: Any, order: int, name: str) -> tuple[int, ...] | None:
@@ -66,6 +104,27 @@ def _per_mode(value: Any, order: int, name: str) -> tuple[int, ...] | None:
         if isinstance(entry, bool) or not isinstance(entry, int):
             raise TypeError(f"{name} entries must be ints, got {values}")
     return values
+
+
+try:
+    from torch.nn.parallel import DistributedDataParallel as _DDP
+except ImportError:  # pragma: no cover - torch built without distributed
+    _DDP = None
+
+# DistributedDataParallel module -> ids of the parameters it reduces (fixed at its
+# construction; the Tucker layers keep their Parameter objects through rank changes)
+_DDP_PARAMETERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def ddp_parameter_ids(ddp: nn.Module) -> frozenset[int]:
+    """``id`` of every parameter a ``DistributedDataParallel`` module reduces (all but
+    those named in ``_ddp_params_and_buffers_to_ignore``, see
+    :func:`~tuckerflow.nn.prepare_ddp`)."""
+    ids = _DDP_PARAMETERS.get(ddp)
+    if ids is None:
+        ids = frozenset(id(p) for p in getattr(ddp, "_module_parameters", ()))
+        _DDP_PARAMETERS[ddp] = ids
+    return ids
 
 
 IMPLEMENTATION_CODES = {name: code for code, name in enumerate(IMPLEMENTATIONS)}
@@ -119,6 +178,26 @@ def _replace(parameter: nn.Parameter, value: torch.Tensor) -> None:
         else:
             parameter.set_(value.clone().contiguous())
     parameter.grad = None
+
+
+def _cap_adaptive(rank: Sequence[int], adaptive: Sequence[int]) -> tuple[int, ...]:
+    """Cap every adaptive mode's rank at the product of the other ranks.
+
+    A multilinear rank never exceeds the product of the others, so a larger adaptive
+    rank only stores zeros. Fixed (non-adaptive) modes keep their size even when it
+    exceeds that product (a kernel mode next to a size-1 channel mode, as in
+    ``Conv1d(1, 16, 7)`` or a depthwise convolution): cutting them would pin the
+    layer to a subspace of kernels forever, while the adaptive ranks can grow later.
+    """
+    rank = list(rank)
+    changed = True
+    while changed:  # the caps depend on each other; they only decrease
+        changed = False
+        for mode in adaptive:
+            others = math.prod(rank[:mode] + rank[mode + 1 :])
+            if rank[mode] > others:
+                rank[mode], changed = others, True
+    return tuple(rank)
 
 
 class _ThroughDelta(torch.autograd.Function):
@@ -196,6 +275,34 @@ class TuckerLayer(nn.Module):
     """
 
     weight_shape: tuple[int, ...]
+    # set by the TDLRT optimizer on the layers whose ranks it changes
+    _tdlrt_owned = False
+
+    def _check_data_parallel(self) -> None:
+        """Refuse a forward inside ``DistributedDataParallel`` when DDP reduces this
+        TDLRT-trained layer's Tucker parameters (the model was wrapped without
+        :func:`~tuckerflow.nn.prepare_ddp`): DDP would wait for core and factor
+        gradients that the TDLRT step never produces (or crash when a rank changes
+        the shapes of its buckets), failing later with a message about unused
+        parameters."""
+        if not self._tdlrt_owned or _DDP is None:
+            return
+        ddp = getattr(_DDP, "_active_ddp_module", None)
+        if ddp is None:
+            return
+        reduced = ddp_parameter_ids(ddp)
+        if any(id(p) in reduced for p in self.tucker_parameters()):
+            raise RuntimeError(
+                f"{type(self).__name__} (weight shape {self.weight_shape}) is trained "
+                "by TDLRT, and the DistributedDataParallel running it also reduces "
+                "its core and factors: DDP cannot follow TDLRT's rank changes, and "
+                "it waits for core and factor gradients the TDLRT step does not "
+                "produce. Call tuckerflow.nn.prepare_ddp(model) before wrapping, "
+                "DistributedDataParallel(prepare_ddp(model)) (with accelerate or "
+                "the Hugging Face Trainer: prepare_ddp(model) before "
+                "accelerator.prepare or Trainer); TDLRT averages those gradients "
+                "itself"
+            )
 
     def _setup_tucker(
         self,
@@ -235,17 +342,24 @@ class TuckerLayer(nn.Module):
                 max(1, n // 2) if m in adaptive else n
                 for m, n in enumerate(self.weight_shape)
             )
+        if init_weight is None:
+            init_weight = torch.empty(self.weight_shape, device=device, dtype=dtype)
+            self._default_init(init_weight)
+        init_weight = init_weight.detach()
+        storage = init_weight.dtype if dtype is None else dtype
+        rank = self._complete_rank(rank, adaptive)
         with tf.use_backend("pytorch"):
-            if init_weight is None:
-                init_weight = torch.empty(self.weight_shape, device=device, dtype=dtype)
-                self._default_init(init_weight)
-            rank = self._complete_rank(rank, adaptive)
-            decomposition = tf.hosvd(init_weight.detach(), rank=rank)
+            # float16/bfloat16: factorized in float32, stored in the layer's dtype
+            decomposition = tf.hosvd(
+                init_weight.to(factorization_dtype(init_weight.dtype)), rank=rank
+            )
         core, factors = decomposition.core, decomposition.factors
         if zero_core:
             core = torch.zeros_like(core)
-        self.core = nn.Parameter(core.contiguous())
-        self.factors = nn.ParameterList([nn.Parameter(f.contiguous()) for f in factors])
+        self.core = nn.Parameter(core.to(storage).contiguous())
+        self.factors = nn.ParameterList(
+            [nn.Parameter(f.to(storage).contiguous()) for f in factors]
+        )
         self.register_parameter("weight_delta", None)
         self._set_bounds(min_rank, max_rank)
         _LIVE_LAYERS.add(self)
@@ -267,12 +381,11 @@ class TuckerLayer(nn.Module):
                     f"rank[{mode}]={r} must lie in [1, {n}] (weight shape "
                     f"{self.weight_shape})"
                 )
-        # a mode rank can never exceed the product of the others
-        rank = list(rank)
-        for mode in range(order):
-            others = math.prod(rank) // rank[mode]
-            rank[mode] = min(rank[mode], others)
-        return tuple(rank)
+        # no weight of this shape has a larger rank in a mode than the product of
+        # the other sizes (Conv1d(1, 1, 7): the kernel mode has rank 1)
+        bound = available_ranks(self.weight_shape)
+        rank = tuple(min(r, a) for r, a in zip(rank, bound))
+        return _cap_adaptive(rank, adaptive)
 
     def _set_bounds(self, min_rank: Any, max_rank: Any) -> None:
         order = len(self.weight_shape)
@@ -371,7 +484,8 @@ class TuckerLayer(nn.Module):
         ----------
         tucker : (core, factors)
             The new core and one factor per mode (orthonormal columns, one row per
-            entry of the layer's mode).
+            entry of the layer's mode); stored in the layer's dtype (a float32
+            result in a bfloat16 layer is rounded to bfloat16).
 
         Notes
         -----
@@ -396,9 +510,11 @@ class TuckerLayer(nn.Module):
                     f"factor {mode} has {factor.shape[0]} rows, the layer's mode "
                     f"{mode} has size {self.weight_shape[mode]}"
                 )
-        _replace(self.core, core)
+        # in the layer's dtype and device (a float32 TDLRT step of a bfloat16 layer
+        # is stored in bfloat16)
+        _replace(self.core, core.to(self.core.dtype))
         for parameter, factor in zip(self.factors, factors):
-            _replace(parameter, factor)
+            _replace(parameter, factor.to(parameter.dtype))
 
     def orthonormality_error(self) -> list[float]:
         """``max |U_i^T U_i - I|`` of every factor (computed in float64).
@@ -442,9 +558,10 @@ class TuckerLayer(nn.Module):
                     f"{type(self).__name__}: its {name} has non-finite entries; the "
                     "weight cannot be repaired, restore it from a checkpoint"
                 )
-        factors = []
+        compute = factorization_dtype(core.dtype)  # float16/bfloat16: no QR
+        core, factors = core.to(compute), []
         for mode, factor in enumerate(self.factors):
-            basis, triangle = torch.linalg.qr(factor.detach())
+            basis, triangle = torch.linalg.qr(factor.detach().to(compute))
             core = torch.movedim(
                 torch.tensordot(triangle, core, dims=([1], [mode])), 0, mode
             )
@@ -468,20 +585,22 @@ class TuckerLayer(nn.Module):
         the backward pass then computes only ``dL/dW`` (into ``weight_delta.grad``),
         whether the layer's own forward or a parent module reads the weight.
         """
+        self._check_data_parallel()
         delta = self.weight_delta
-        if (
-            self._gradient_source == "weight"
-            and delta is not None
-            and delta.requires_grad
-            and torch.is_grad_enabled()
-        ):
-            with torch.no_grad():
+        with autocast_off(self.core.device.type):  # built in the parameters' dtype
+            if (
+                self._gradient_source == "weight"
+                and delta is not None
+                and delta.requires_grad
+                and torch.is_grad_enabled()
+            ):
+                with torch.no_grad():
+                    weight = reconstruct(self.core, list(self.factors))
+                weight = _ThroughDelta.apply(weight, delta)  # = weight + delta (zero)
+            else:
                 weight = reconstruct(self.core, list(self.factors))
-            weight = _ThroughDelta.apply(weight, delta)  # = weight + delta (zero)
-        else:
-            weight = reconstruct(self.core, list(self.factors))
-        offset = getattr(self, "offset", None)
-        return weight if offset is None else weight + offset
+            offset = getattr(self, "offset", None)
+            return weight if offset is None else weight + offset
 
     def weight_gradient(self) -> torch.Tensor | None:
         """``dL/dW`` accumulated since the gradients were last cleared.
@@ -693,13 +812,15 @@ class TuckerLinear(TuckerLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.implementation == "dense":
             return F.linear(x, self.weight, self.bias)
+        self._check_data_parallel()
         out_basis, in_basis = self.factors[0], self.factors[1]
         # W^T = U_in C^T U_out^T: two thin matmuls
         hidden = x @ (in_basis @ self.core.t())
-        y = hidden @ out_basis.t()
+        # F.linear adds the bias in the matmul's dtype (as nn.Linear under autocast)
+        y = F.linear(hidden, out_basis, self.bias)
         if self.offset is not None:
             y = y + F.linear(x, self.offset)
-        return y if self.bias is None else y + self.bias
+        return y
 
     @classmethod
     def from_dense(
@@ -834,6 +955,7 @@ class _TuckerConvNd(TuckerLayer):
         return self._factorized_forward(x)
 
     def _factorized_forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_data_parallel()
         groups, ones = self.groups, (1,) * self.spatial_dims
         out_basis, in_basis = self.factors[0], self.factors[1]
         # 1. input basis: a grouped 1x1 convolution with U_in^T in every group
@@ -853,12 +975,14 @@ class _TuckerConvNd(TuckerLayer):
             pad=False,
         )
         # 2. the core with the kernel factors folded in, repeated for every group
+        # (in the parameters' dtype; under autocast the convolution casts it)
         kernel = self.core
-        for mode in range(2, 2 + self.spatial_dims):
-            factor = self.factors[mode]
-            kernel = torch.movedim(
-                torch.tensordot(factor, kernel, dims=([1], [mode])), 0, mode
-            )
+        with autocast_off(kernel.device.type):
+            for mode in range(2, 2 + self.spatial_dims):
+                factor = self.factors[mode]
+                kernel = torch.movedim(
+                    torch.tensordot(factor, kernel, dims=([1], [mode])), 0, mode
+                )
         kernel = kernel.repeat(groups, *([1] * (1 + self.spatial_dims)))
         hidden = self._conv(
             hidden,
@@ -966,7 +1090,9 @@ def _from_dense(cls, module, rank, tol, options):
             fixed = tuple(
                 weight.shape[m] if m not in adaptive else 1 for m in range(weight.dim())
             )
-            tucker = tf.hosvd(weight, tol=tol, min_rank=fixed)
+            tucker = tf.hosvd(
+                weight.to(factorization_dtype(weight.dtype)), tol=tol, min_rank=fixed
+            )
         rank = tucker.rank
     kwargs = dict(
         rank=rank,

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from tensorly.tucker_tensor import TuckerTensor
 from torch import nn
 
 import tuckerflow as tf
@@ -63,7 +64,15 @@ from tuckerflow.ranks import (
     ranks_from_global_budget,
 )
 
-from .layers import TuckerLayer, layers_by_parameter, reconstruct
+from .distributed import prepare_ddp
+from .layers import (
+    TuckerLayer,
+    autocast_off,
+    ddp_parameter_ids,
+    factorization_dtype,
+    layers_by_parameter,
+    reconstruct,
+)
 
 __all__ = ["TDLRT", "linear_budget"]
 
@@ -174,11 +183,13 @@ class TDLRT(torch.optim.Optimizer):
         self._names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         # factor id -> (version, data pointer) after this optimizer last wrote it
         self._written: dict[int, tuple[int, int]] = {}
-        if isinstance(params, nn.Module):
-            for name, module in params.named_modules():
+        root = params if isinstance(params, nn.Module) else None
+        if root is not None:
+            for name, module in root.named_modules():
                 if isinstance(module, TuckerLayer):
                     self._names[module] = name or type(module).__name__
-            params = params.parameters()
+            _refuse_unprepared_ddp(root)
+            params = root.parameters()
         if tol is not None and budget is not None:
             raise ValueError(
                 "give tol (per-layer accuracy) or budget (global size), not both"
@@ -238,6 +249,10 @@ class TDLRT(torch.optim.Optimizer):
                 raise ValueError("distributed=True needs an initialized process group")
             self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
             self._sync_initial_weights()
+            if root is not None:
+                # a DistributedDataParallel built on root later (accelerate, the
+                # Hugging Face Trainer) leaves the Tucker parameters to this optimizer
+                prepare_ddp(root)
 
     def _check_budget(self) -> None:
         layers = self._all_tucker_layers()
@@ -297,6 +312,8 @@ class TDLRT(torch.optim.Optimizer):
                 self._add_weight_delta(group, layer, members, elsewhere)
             else:
                 layer.gradient_source = "factors"
+            if method != "vanilla":  # its ranks change: DDP must not reduce it
+                layer._tdlrt_owned = True
             for parameter in layer.tucker_parameters():
                 self._owners[id(parameter)] = layer
 
@@ -409,6 +426,18 @@ class TDLRT(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # called inside an autocast region (the forward's): the step still computes
+        # in the parameters' dtype
+        with contextlib.ExitStack() as stack:
+            for device_type in self._device_types():
+                stack.enter_context(autocast_off(device_type))
+            self._step(loss)
+        return loss
+
+    def _device_types(self) -> set[str]:
+        return {p.device.type for g in self.param_groups for p in g["params"]}
+
+    def _step(self, loss: Any) -> None:
         stale = self._check_factors()
         plans = self._collect(stale)
         if self._distributed:
@@ -421,9 +450,9 @@ class TDLRT(torch.optim.Optimizer):
                 f"TDLRT: {problem}; the step was skipped and weights and optimizer "
                 "state are unchanged",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=5,  # the caller of step() (past no_grad and the hooks)
             )
-            return loss
+            return
         pending = []
         for group, layers, ordinary in plans:
             for parameter in ordinary:
@@ -440,7 +469,6 @@ class TDLRT(torch.optim.Optimizer):
             for _, layer, _ in pending:
                 self._record_factors(layer)
         self._steps_taken += 1
-        return loss
 
     def _record_factors(self, layer: TuckerLayer) -> None:
         for factor in layer.factors:
@@ -505,7 +533,7 @@ class TDLRT(torch.optim.Optimizer):
                         "; its core and factor gradients belong to the old factors, "
                         "so the layer is not updated in this step"
                     )
-                warnings.warn(message, RuntimeWarning, stacklevel=3)
+                warnings.warn(message, RuntimeWarning, stacklevel=6)
         return stale
 
     def _collect(self, stale: set[int] = frozenset()):
@@ -612,8 +640,26 @@ class TDLRT(torch.optim.Optimizer):
         return None
 
     def _augment(self, group, layer: TuckerLayer, gradients) -> AugmentedStep:
-        """Steps 1-5 of the layer's update (everything but the truncation)."""
+        """Steps 1-5 of the layer's update (everything but the truncation).
+
+        Computed in :func:`~tuckerflow.nn.layers.factorization_dtype` of the layer
+        (float32 for float16/bfloat16 layers, whatever dtype the gradient has);
+        :meth:`TuckerLayer.set_tucker` stores the result in the layer's dtype.
+        """
+        compute = factorization_dtype(layer.core.dtype)
         tucker = layer.tucker()
+        if tucker.core.dtype != compute:
+            tucker = TuckerTensor(
+                (tucker.core.to(compute), [f.to(compute) for f in tucker.factors])
+            )
+        gradients = {
+            key: (
+                [g.to(compute) for g in value]
+                if isinstance(value, list)
+                else value.to(compute)
+            )
+            for key, value in gradients.items()
+        }
         decay = group["weight_decay"]
         lr = group["lr"]
         with tf.use_backend("pytorch"):
@@ -811,6 +857,34 @@ class TDLRT(torch.optim.Optimizer):
                 ]
                 layer.set_tucker((core, factors))
         self._broadcast_tucker_layers(layers)
+
+
+def _refuse_unprepared_ddp(root: nn.Module) -> None:
+    """Refuse a ``DistributedDataParallel`` inside ``root`` (or ``root`` itself) that
+    reduces Tucker parameters: it was built without :func:`prepare_ddp`, and its
+    gradient buckets cannot follow the TDLRT step (no core and factor gradients,
+    rank changes)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    for name, module in root.named_modules():
+        if not isinstance(module, DistributedDataParallel):
+            continue
+        reduced = ddp_parameter_ids(module)
+        for inner, layer in module.named_modules():
+            if isinstance(layer, TuckerLayer) and any(
+                id(p) in reduced for p in (layer.core, *layer.factors)
+            ):
+                where = ".".join(n for n in (name, inner) if n)
+                raise ValueError(
+                    f"TDLRT: the DistributedDataParallel {name or 'model'!r} reduces "
+                    f"the core and factors of the Tucker layer {where!r}: it was "
+                    "built without prepare_ddp, and DDP cannot follow the TDLRT step "
+                    "(it waits for core and factor gradients the step does not "
+                    "produce, and ranks change the shapes of its buckets). Wrap the "
+                    "model as DistributedDataParallel(tuckerflow.nn.prepare_ddp("
+                    "model)), or create the optimizer on the unwrapped model "
+                    "before wrapping it (TDLRT(model, ...) then applies prepare_ddp)"
+                )
 
 
 def _gram_term(tucker: Any, mode: int) -> torch.Tensor:

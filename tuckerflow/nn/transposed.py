@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.utils import _ntuple
 
 from ._build import build_like, initial_rank
-from .layers import TuckerLayer
+from .layers import TuckerLayer, autocast_off
 
 __all__ = ["TuckerConvTranspose1d", "TuckerConvTranspose2d", "TuckerConvTranspose3d"]
 
@@ -249,6 +249,7 @@ class _TuckerConvTransposeNd(TuckerLayer):
     def _factorized_forward(
         self, x: torch.Tensor, output_padding: tuple[int, ...]
     ) -> torch.Tensor:
+        self._check_data_parallel()
         dims, groups = self.spatial_dims, self.groups
         ones = (1,) * dims
         conv = _CONV[dims]
@@ -263,12 +264,13 @@ class _TuckerConvTransposeNd(TuckerLayer):
         hidden = conv(x, in_weight, None, 1, 0, 1, groups)
         # 2. the core with the kernel factors folded in, the same in every group
         kernel = self.core
-        for mode in range(2, 2 + dims):
-            kernel = torch.movedim(
-                torch.tensordot(self.factors[mode], kernel, dims=([1], [mode])),
-                0,
-                mode,
-            )
+        with autocast_off(kernel.device.type):  # cast by the convolution under autocast
+            for mode in range(2, 2 + dims):
+                kernel = torch.movedim(
+                    torch.tensordot(self.factors[mode], kernel, dims=([1], [mode])),
+                    0,
+                    mode,
+                )
         kernel = kernel.repeat(groups, *([1] * (1 + dims)))
         hidden = _CONV_TRANSPOSE[dims](
             hidden,
