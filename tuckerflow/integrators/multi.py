@@ -28,7 +28,12 @@ from ..linalg import thin_svd
 from ._blocks import AugmentedStep
 from .state import Adam, Momentum, OptimizerState
 
-__all__ = ["tdlrt_augment_multi", "parallel_augment_multi", "finish_multi"]
+__all__ = [
+    "tdlrt_augment_multi",
+    "parallel_augment_multi",
+    "decompose_multi",
+    "finish_multi",
+]
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -407,15 +412,80 @@ def parallel_augment_multi(
     return _augment_multi(cores, factors_list, grads, lr, states, parallel=True)
 
 
+def decompose_multi(
+    steps: Sequence[AugmentedStep], bounds: Sequence[dict[str, Any]]
+) -> None:
+    """Batched SVDs of the augmented cores, cached in each step.
+
+    The core unfoldings of steps with equal augmented shapes and pinned modes are
+    factorized by one batched SVD per mode. Each step then holds the decomposition
+    that :meth:`AugmentedStep.decompose`, :meth:`AugmentedStep.select` and
+    :meth:`AugmentedStep.finish` use when called with the same ``min_rank`` and
+    ``max_rank``, so ranks can be chosen (jointly, for a budget) and each step
+    truncated without another SVD.
+
+    Parameters
+    ----------
+    steps : sequence of AugmentedStep
+        From :func:`tdlrt_augment_multi` or :func:`parallel_augment_multi`.
+    bounds : sequence of dict
+        ``min_rank`` and ``max_rank`` of each step (other keys are ignored), as later
+        passed to ``select`` and ``finish``.
+
+    Raises
+    ------
+    ValueError
+        If ``steps`` and ``bounds`` differ in length.
+    """
+    if len(steps) != len(bounds):
+        raise ValueError(f"{len(steps)} steps but {len(bounds)} bounds")
+    groups: dict[Any, list[int]] = {}
+    for index, (step, rule) in enumerate(zip(steps, bounds)):
+        dims = tuple(tl.shape(step.core))
+        pinned = tuple(
+            pinned_modes(
+                dims,
+                step.shape(),
+                rank=None,  # as AugmentedStep.decompose
+                min_rank=rule.get("min_rank", 1),
+                max_rank=rule.get("max_rank"),
+            )
+        )
+        groups.setdefault((dims, pinned, str(step.core.dtype)), []).append(index)
+    for (dims, pinned, _), members in groups.items():
+        stack = _stack([steps[i].core for i in members])
+        order = len(dims)
+        bases, spectra = [None] * order, [None] * order
+        if order == 2 and not any(pinned):
+            left, values, right_t = tl.svd(stack, full_matrices=False)
+            bases = [_fix_signs(left), _fix_signs(_mt(right_t))]
+            spectra = [values, values]
+        else:
+            for mode in range(order):
+                if not pinned[mode]:
+                    bases[mode], spectra[mode] = _left_singular(_unfold(stack, mode))
+        squares = tl.reshape(stack * stack, (len(members), -1))
+        norms = tl.to_numpy(tl.sqrt(tl.sum(squares, axis=1)))
+        for position, index in enumerate(members):
+            rule = bounds[index]
+            steps[index]._decomposition = CoreDecomposition(
+                [None if b is None else b[position] for b in bases],
+                [None if s is None else s[position] for s in spectra],
+                float(norms[position]),
+            )
+            steps[index]._decomposed_for = (
+                rule.get("min_rank", 1),
+                rule.get("max_rank"),
+            )
+
+
 def finish_multi(
     steps: Sequence[AugmentedStep], rules: Sequence[dict[str, Any]]
 ) -> list[Any]:
     """Truncate many augmented steps; the SVDs of their cores batched.
 
-    The core unfoldings of steps with equal augmented shapes and pinned modes are
-    factorized by one batched SVD per mode, and their spectra copied to the host
-    once per group; then each step is truncated by :meth:`AugmentedStep.finish`
-    with its rule (the per-tensor truncation is not batched yet).
+    :func:`decompose_multi`, then :meth:`AugmentedStep.finish` of each step with its
+    rule (the per-tensor truncation itself is not batched yet).
 
     Parameters
     ----------
@@ -438,46 +508,5 @@ def finish_multi(
     """
     if len(steps) != len(rules):
         raise ValueError(f"{len(steps)} steps but {len(rules)} rules")
-    groups: dict[Any, list[int]] = {}
-    pins = []
-    for index, (step, rule) in enumerate(zip(steps, rules)):
-        dims = tuple(tl.shape(step.core))
-        pinned = tuple(
-            pinned_modes(
-                dims,
-                step.shape(),
-                rank=None,  # as AugmentedStep.decompose
-                min_rank=rule.get("min_rank", 1),
-                max_rank=rule.get("max_rank"),
-            )
-        )
-        pins.append(pinned)
-        groups.setdefault((dims, pinned, str(step.core.dtype)), []).append(index)
-    for (dims, pinned, _), members in groups.items():
-        stack = _stack([steps[i].core for i in members])
-        order = len(dims)
-        bases, spectra = [None] * order, [None] * order
-        if order == 2 and not any(pinned):
-            left, values, right_t = tl.svd(stack, full_matrices=False)
-            bases = [_fix_signs(left), _fix_signs(_mt(right_t))]
-            spectra = [values, values]
-        else:
-            for mode in range(order):
-                if not pinned[mode]:
-                    bases[mode], spectra[mode] = _left_singular(_unfold(stack, mode))
-        norms = tl.to_numpy(
-            tl.sqrt(tl.sum(tl.reshape(stack * stack, (len(members), -1)), axis=1))
-        )
-        for position, index in enumerate(members):
-            rule = rules[index]
-            decomposition = CoreDecomposition(
-                [None if b is None else b[position] for b in bases],
-                [None if s is None else s[position] for s in spectra],
-                float(norms[position]),
-            )
-            steps[index]._decomposition = decomposition
-            steps[index]._decomposed_for = (
-                rule.get("min_rank", 1),
-                rule.get("max_rank"),
-            )
+    decompose_multi(steps, rules)
     return [step.finish(**rule) for step, rule in zip(steps, rules)]
