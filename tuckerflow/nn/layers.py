@@ -25,6 +25,11 @@ changes take ``copy.deepcopy(model.state_dict())``.
 Every entry of a layer's ``state_dict`` is a tensor (ranks and options travel as one
 int64 ``_extra_state`` tensor), so ``{k: v.clone() ...}`` patterns and safetensors
 work; whole models pickle (``torch.save(model)``, ``copy.deepcopy``).
+
+Precision: the weight is rebuilt in the parameters' dtype, also under
+``torch.autocast``, where the convolution or matmul casts it as it casts a dense
+layer's weight. float16 and bfloat16 layers are factorized in float32 (they have no
+SVD or QR) and stored in their own dtype (:func:`factorization_dtype`).
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ inf checks and backoff), ``clip_grad_norm_(model.parameters(), ...)`` and
 ``model.zero_grad()`` act on exactly what the step uses; ``weight_delta`` is left out
 of the optimizer's ``state_dict`` so checkpoints keep their layout.
 
+Precision: the step computes in float32 for float16/bfloat16 layers (core, factors
+and gradient upcast, the new core and factors rounded back to the layer's dtype; the
+momentum/Adam state stays float32) and in the layer's dtype otherwise, whatever dtype
+the gradient arrives in, and outside ``torch.autocast`` even when called inside it.
+
 The factors must be orthonormal. A factor written by anything but this optimizer
 (another optimizer, ``copy_``, ``load_state_dict``) is checked at the next step; one
 that is not orthonormal is repaired by :meth:`TuckerLayer.orthonormalize` (the weight
