@@ -22,7 +22,7 @@ import tensorly as tl
 from ._checks import check_dense, check_finite, check_tensor, check_tucker, tucker_shape
 from .backend import plain_context
 from .contractions import GradientContractions
-from .linalg import orthonormal_basis, pseudo_inverse_rows
+from .linalg import orthonormal_basis, pseudo_inverse_rows, thin_qr
 
 __all__ = [
     "TangentVector",
@@ -139,9 +139,19 @@ def _check_tangent(
     return tangent
 
 
-def project_unchecked(core: Any, factors: Sequence[Any], ambient: Any) -> TangentVector:
-    """:func:`project` without input validation (for internal use)."""
-    contractions = GradientContractions(ambient, factors)
+def project_unchecked(
+    core: Any,
+    factors: Sequence[Any],
+    ambient: Any,
+    contractions: GradientContractions | None = None,
+) -> TangentVector:
+    """:func:`project` without input validation (for internal use).
+
+    ``contractions`` of ``ambient`` with ``factors``, when the caller already has them,
+    saves the passes over ``ambient``.
+    """
+    if contractions is None:
+        contractions = GradientContractions(ambient, factors)
     d_core = contractions.core_gradient()
     d_factors = []
     for mode, factor in enumerate(factors):
@@ -356,9 +366,11 @@ def inner(tucker: Any, tangent_a: TangentVector, tangent_b: TangentVector) -> fl
     tangent_b = _check_tangent(tangent_b, core, factors, "tangent_b")
     total = tl.sum(tangent_a.core * tangent_b.core)
     for mode, (da, db) in enumerate(zip(tangent_a.factors, tangent_b.factors)):
-        unfolded = tl.unfold(core, mode)
-        gram = tl.dot(unfolded, tl.transpose(unfolded))
-        total = total + tl.sum(tl.dot(tl.transpose(da), db) * gram)
+        # C_(i) C_(i)^T = S_i S_i^T with unfold(C, i)^T = Q_i S_i^T: the mode term is
+        # <dU_a S_i, dU_b S_i>, the inner product of the components themselves
+        # (never the Gram matrix, whose rounding is eps * sigma_max^2)
+        weight = tl.transpose(thin_qr(tl.transpose(tl.unfold(core, mode)))[1])
+        total = total + tl.sum(tl.dot(da, weight) * tl.dot(db, weight))
     return float(tl.to_numpy(total))
 
 

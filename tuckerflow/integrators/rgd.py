@@ -14,11 +14,11 @@ from typing import Any
 import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
-from .._checks import check_finite
+from .._checks import _per_mode, check_finite
 from ..hosvd import RankSpec
 from ..linalg import thin_qr
 from ..retraction import retract_unchecked
-from ..tangent import project_unchecked
+from ..tangent import TangentVector, project_unchecked
 from ._blocks import augmented_dims, check_rule, check_step_inputs
 
 __all__ = ["rgd_step"]
@@ -65,7 +65,7 @@ def rgd_step(
     rank : int or sequence of int, optional
         Rank after the retraction, at most ``min(n_i, 2 r_i)`` per mode; default the
         current rank unless ``tol`` is given. With ``"factors"`` only the current
-        rank, as a sequence, is accepted.
+        rank is accepted (an int or a sequence, as elsewhere).
     tol : float, optional
         Rank-adaptive retraction (see :func:`tuckerflow.retract`): total truncation
         error at most ``tol`` relative to ``||Y0 - lr xi||`` (a fraction in
@@ -111,14 +111,80 @@ def rgd_step(
     """
     core, factors, lr = check_step_inputs(tucker, grad, lr)
     check_finite(grad, "grad")  # the projection below does not check its input
+    rule = check_rgd_rule(
+        core,
+        factors,
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        retraction=retraction,
+    )
+    tangent = project_unchecked(core, factors, grad)
+    return rgd_retract(core, factors, tangent, lr, retraction=retraction, **rule)
+
+
+def check_rgd_rule(
+    core: Any,
+    factors: list[Any],
+    *,
+    rank: RankSpec,
+    tol: float | None,
+    relative: bool,
+    min_rank: RankSpec,
+    max_rank: RankSpec,
+    retraction: str,
+) -> dict[str, Any]:
+    """Validate the retraction and its rank rule; the rule for :func:`rgd_retract`."""
     if retraction not in ("hosvd", "factors"):
         raise ValueError(f"retraction must be 'hosvd' or 'factors', got {retraction!r}")
+    current = tuple(tl.shape(core))
     if retraction == "factors":
-        if tol is not None or (rank is not None and tuple(rank) != tl.shape(core)):
+        # an int rank means that rank in every mode, as everywhere else
+        wanted = None if rank is None else _per_mode(rank, len(current), "rank")[0]
+        if tol is not None or (wanted is not None and wanted != current):
             raise ValueError(
-                "retraction='factors' keeps the rank: tol/rank do not apply"
+                "retraction='factors' keeps the rank: tol/rank do not apply (rank "
+                f"may only repeat the current rank {current})"
             )
-        tangent = project_unchecked(core, factors, grad)
+        return {}
+    if rank is None and tol is None:
+        rank = current
+    tol = check_rule(
+        core,
+        factors,
+        augmented_dims(factors, current),
+        rank=rank,
+        tol=tol,
+        relative=relative,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        budget=None,
+    )
+    return {
+        "rank": rank,
+        "tol": tol,
+        "relative": relative,
+        "min_rank": min_rank,
+        "max_rank": max_rank,
+    }
+
+
+def rgd_retract(
+    core: Any,
+    factors: list[Any],
+    tangent: TangentVector,
+    lr: float,
+    *,
+    retraction: str = "hosvd",
+    **rule: Any,
+) -> TuckerTensor:
+    """``R(Y0 - lr * tangent)`` on validated inputs: the retraction of :func:`rgd_step`.
+
+    ``rule`` is what :func:`check_rgd_rule` returned (empty for ``"factors"``).
+    """
+    if retraction == "factors":
         new_core = core - lr * tangent.core
         new_factors = []
         for mode, (factor, d_factor) in enumerate(
@@ -128,27 +194,4 @@ def rgd_step(
             new_factors.append(q)
             new_core = tl.tenalg.mode_dot(new_core, r, mode)
         return TuckerTensor((new_core, new_factors))
-    if rank is None and tol is None:
-        rank = tuple(tl.shape(core))
-    tol = check_rule(
-        core,
-        factors,
-        augmented_dims(factors, tl.shape(core)),
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=None,
-    )
-    tangent = project_unchecked(core, factors, grad)
-    return retract_unchecked(
-        core,
-        factors,
-        -lr * tangent,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-    )
+    return retract_unchecked(core, factors, -lr * tangent, **rule)
