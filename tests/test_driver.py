@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from helpers import LeastSquares, dense
@@ -289,5 +291,146 @@ def test_progress_bar(backend, capsys):
 def test_bad_driver_arguments(kwargs, error, message):
     objective, start = _problem()
     options = {"lr": 0.1, "steps": 1, **kwargs}
+    with pytest.raises(error, match=message):
+        tf.integrate(objective, start, **options)
+
+
+# ---------------------------------------------------------------- stopping rules
+
+
+def _fit():
+    A = tf.random_tucker((8, 9, 10), (3, 3, 3), random_state=0).to_tensor()
+    return LeastSquares(A), tf.random_tucker((8, 9, 10), (3, 3, 3), random_state=1)
+
+
+@pytest.mark.parametrize("line_search", [None, "armijo"])
+def test_stopping_on_the_gradient_norm(backend, line_search):
+    objective, start = _fit()
+    lr = None if line_search else 0.5
+    options = {"method": "rgd", "lr": lr, "steps": 200, "line_search": line_search}
+    absolute = tf.integrate(objective, start, grad_tol=1e-6, **options)
+    assert absolute.reason == "grad_tol"
+    norms = absolute.history.grad_norm
+    assert len(norms) == len(absolute.history.loss) == absolute.steps + 1
+    assert norms[-1] <= 1e-6 < min(norms[:-1])
+    relative = tf.integrate(objective, start, grad_rtol=1e-3, **options)
+    assert relative.reason == "grad_rtol"
+    norms = relative.history.grad_norm
+    assert norms[-1] <= 1e-3 * norms[0] < min(norms[:-1])
+    # the recorded norm is the inverse-free Riemannian gradient norm
+    assert norms[-1] == pytest.approx(
+        tf.projected_norm(relative.tucker, objective.grad(relative.tucker.to_tensor())),
+        rel=1e-8,
+    )
+
+
+@pytest.mark.parametrize("line_search", [None, "armijo"])
+def test_stopping_on_the_relative_decrease(backend, line_search):
+    # a target of rank 5 fitted at rank 3: the loss levels off at a positive value
+    A = tf.random_tucker((8, 9, 10), (5, 5, 5), random_state=0).to_tensor()
+    objective = LeastSquares(A)
+    start = tf.random_tucker((8, 9, 10), (3, 3, 3), random_state=1)
+    lr = None if line_search else 0.5
+    result = tf.integrate(
+        objective,
+        start,
+        method="parallel_bug",
+        rank=(3, 3, 3),
+        lr=lr,
+        steps=500,
+        line_search=line_search,
+        loss_rtol=1e-3,
+    )
+    assert result.reason == "loss_rtol" and result.steps < 500
+    loss = result.history.loss
+    assert abs(loss[-2] - loss[-1]) <= 1e-3 * abs(loss[-2])
+    assert all(abs(a - b) > 1e-3 * abs(a) for a, b in itertools.pairwise(loss[:-1]))
+    if line_search is None:
+        assert result.history.grad_norm == []  # not needed, not computed
+
+
+def test_stopping_on_time_and_the_other_reasons(backend):
+    objective, start = _fit()
+    slow_calls = []
+
+    def slow(W):
+        slow_calls.append(1)
+        import time
+
+        time.sleep(0.05)
+        return objective(W)
+
+    timed = tf.integrate(slow, start, lr=0.5, steps=100, tol=1e-6, max_time=0.12)
+    assert timed.reason == "max_time" and 1 <= timed.steps <= 4
+    searched = tf.integrate(
+        slow, start, steps=100, tol=1e-6, max_time=0.12, line_search="armijo"
+    )
+    assert searched.reason == "max_time" and searched.steps <= 4
+    assert tf.integrate(objective, start, lr=0.5, steps=3, tol=1e-6).reason == "steps"
+    stopped = tf.integrate(
+        objective, start, lr=0.5, steps=9, tol=1e-6, callback=lambda *a: True
+    )
+    assert stopped.reason == "callback" and stopped.steps == 1
+    batched = tf.integrate(
+        lambda W, batch: objective(W), start, lr=0.5, steps=9, tol=1e-6, batches=[1, 2]
+    )
+    assert batched.reason == "batches" and batched.steps == 2
+    assert set(tf.integrators.STOP_REASONS) >= {
+        "steps",
+        "grad_tol",
+        "grad_rtol",
+        "loss_rtol",
+        "max_time",
+        "callback",
+        "batches",
+        "line_search",
+        "error",
+    }
+
+
+def test_an_integration_error_says_error(backend):
+    objective, start = _fit()
+    calls = []
+
+    def failing(W):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("gone")
+        return objective(W)
+
+    with pytest.raises(tf.IntegrationError) as info:
+        tf.integrate(failing, start, lr=0.5, steps=5, tol=1e-6)
+    assert info.value.result.reason == "error"
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"lr": None}, ValueError, "give lr"),
+        ({"line_search": "wolfe"}, ValueError, "line_search must be None, 'armijo'"),
+        ({"grad_tol": -1.0}, ValueError, "grad_tol must be finite and >= 0"),
+        ({"loss_rtol": "x"}, TypeError, "loss_rtol must be a real number"),
+        ({"max_time": 0}, ValueError, "max_time must be finite and > 0"),
+        ({"method": "rcg", "beta": "dy"}, ValueError, "beta must be one of"),
+        (
+            {"line_search": "armijo", "state": "m"},
+            ValueError,
+            "does not combine with an optimizer state",
+        ),
+        (
+            {"line_search": "armijo", "batches": [1]},
+            ValueError,
+            "do not apply with batches",
+        ),
+        ({"grad_rtol": 0.1, "batches": [1]}, ValueError, "do not apply with batches"),
+    ],
+)
+def test_bad_search_and_stopping_arguments(kwargs, error, message):
+    objective, start = _problem()
+    options = {"lr": 0.1, "steps": 1, "tol": 0.1, **kwargs}
+    if "batches" in kwargs:
+        objective = lambda W, batch: LeastSquares(  # noqa: E731
+            tf.random_tucker((8, 9, 10), (3, 3, 3), random_state=0).to_tensor()
+        )(W)
     with pytest.raises(error, match=message):
         tf.integrate(objective, start, **options)

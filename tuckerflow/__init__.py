@@ -10,6 +10,7 @@ from .backend import available_backends, use_backend
 from .hosvd import hosvd, truncate
 from .integrators import (
     Adam,
+    Armijo,
     IntegrationError,
     IntegrationResult,
     Momentum,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adam",
+    "Armijo",
     "IntegrationError",
     "IntegrationResult",
     "Momentum",

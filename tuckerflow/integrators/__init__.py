@@ -10,7 +10,15 @@ from .bug import (
     parallel_bug_step,
     parallel_bug_update,
 )
-from .driver import METHODS, History, IntegrationError, IntegrationResult, integrate
+from .driver import (
+    METHODS,
+    STOP_REASONS,
+    History,
+    IntegrationError,
+    IntegrationResult,
+    integrate,
+)
+from .linesearch import Armijo
 from .rgd import rgd_step
 from .state import Adam, Momentum, OptimizerState
 from .tdlrt import tdlrt_step
@@ -18,7 +26,9 @@ from .vanilla import vanilla_step
 
 __all__ = [
     "METHODS",
+    "STOP_REASONS",
     "Adam",
+    "Armijo",
     "History",
     "IntegrationError",
     "IntegrationResult",
