@@ -190,3 +190,17 @@ def test_transformer_study_quick(tmp_path):
     full = by_variant["full"]["trainable_parameters"]
     assert 0 < by_variant["tucker"]["trainable_parameters"] < full / 10
     assert by_variant["tucker"]["adapter_ranks"]
+
+
+def test_peers_quick(tmp_path):
+    """The peer comparison runs (peers absent from the environment are recorded as
+    not installed); tuckerflow's default search reaches the target on the small
+    Tucker completion problem."""
+    _run("peers.py", tmp_path, "--problems", "tucker", "--cap", "3")
+    payload = json.loads((tmp_path / "peers_quick.json").read_text())
+    rows = {(r["library"], r["method"]): r for r in payload["rows"]}
+    default = rows[("tuckerflow", "RGD + Armijo/BB (default)")]
+    assert default["failure"] is None and default["seconds"] is not None
+    assert default["best_error"] <= payload["target"]
+    assert {r["library"] for r in payload["rows"]} >= {"tuckerflow", "tucker-riemopt"}
+    assert "busy" in payload and payload["machine"]["tensorly"]

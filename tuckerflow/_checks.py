@@ -57,6 +57,13 @@ def check_dense(
     a contraction of the tensor instead.
     """
     check_tensor(tensor, name)
+    if getattr(tensor, "is_sparse", False) or getattr(tensor, "is_sparse_csr", False):
+        raise TypeError(
+            f"{name} is a sparse tensor: the steps contract a dense gradient; for a "
+            "sparse gradient (e.g. tensor completion) compute the projected gradients "
+            "from its entries and call tuckerflow.parallel_bug_update (how-to: "
+            "'Sparse gradients')"
+        )
     check_floating(tensor, name)
     if tl.ndim(tensor) < min_ndim:
         raise ValueError(
