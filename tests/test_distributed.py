@@ -58,7 +58,7 @@ COMMON = textwrap.dedent(
 
 WORKER = COMMON + textwrap.dedent(
     """
-    import os, sys
+    import gc, os, sys
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
     from tuckerflow.nn import prepare_ddp, save_checkpoint
@@ -80,6 +80,11 @@ WORKER = COMMON + textwrap.dedent(
         if step + 1 == CHECKPOINT_STEP and rank == 0:
             save_checkpoint(f"{out}/checkpoint.pt", model, optimizer, step=step + 1)
     torch.save(model.state_dict(), f"{out}/worker{rank}.pt")
+    # DDP before the process group: a DDP left for interpreter exit outlives its
+    # group, and its teardown aborts the process now and then
+    # ("terminate called without an active exception", after all files are written)
+    del ddp
+    gc.collect()
     dist.destroy_process_group()
     """
 )
@@ -167,7 +172,7 @@ def test_two_workers_stay_identical_and_match_one_process(tmp_path):
 # ------------------- issue 13 item 13: DistributedDataParallel without prepare_ddp
 PLAIN_DDP = textwrap.dedent(
     """
-    import sys
+    import gc, sys
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -238,6 +243,7 @@ PLAIN_DDP = textwrap.dedent(
     ):
         results[run.__name__] = outcome(run)
     torch.save(results, f"{sys.argv[1]}/results{rank}.pt")
+    gc.collect()  # every DDP before the process group (see WORKER)
     dist.destroy_process_group()
     """
 )
