@@ -42,6 +42,13 @@ def prepare_ddp(model: nn.Module) -> nn.Module:
     DDP. The TDLRT optimizer averages and synchronizes those parameters itself; DDP
     handles everything else as usual.
 
+    Parameters
+    ----------
+    model : nn.Module
+        The unwrapped model (possibly a Tucker layer itself); its
+        ``_ddp_params_and_buffers_to_ignore`` list is extended, earlier entries are
+        kept. Calling it twice is harmless.
+
     Returns
     -------
     nn.Module

@@ -245,11 +245,23 @@ def reconstruct(core: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Te
 class TuckerLayer(nn.Module):
     """Base class: storage, ranks and bookkeeping of a Tucker-format weight.
 
+    The weight ``W`` of shape ``weight_shape = (n_1, ..., n_d)`` is
+    ``W = C ×_1 U_1 ... ×_d U_d`` with core ``C`` of shape ``rank = (r_1, ..., r_d)``
+    and factors ``U_i`` of shape ``(n_i, r_i)`` with orthonormal columns: ``prod(r) +
+    sum_i n_i r_i`` stored weights instead of ``prod(n)``. The modes are the dense
+    layer's weight dimensions in order: ``(out_features, in_features)`` for
+    :class:`TuckerLinear`, ``(out_channels, in_channels / groups, *kernel_size)`` for
+    the convolutions. The ranks of the ``adaptive_modes`` (by default the two channel
+    modes) change during training with :class:`~tuckerflow.nn.TDLRT`, within
+    ``[min_rank, max_rank]``; the other modes keep their rank. Subclasses define the
+    constructor and the forward; this class has no public constructor of its own.
+
     Attributes
     ----------
     core : nn.Parameter
+        Shape ``rank``.
     factors : nn.ParameterList
-        Orthonormal columns.
+        ``factors[i]`` of shape ``(n_i, r_i)``, orthonormal columns.
     weight_delta : nn.Parameter or None
         ``None`` until the TDLRT optimizer takes the layer with a dense-gradient method
         (``gradient_source == "weight"``); then a parameter ``Δ`` of the weight's
@@ -277,6 +289,17 @@ class TuckerLayer(nn.Module):
     implementation : {'dense', 'factorized'}
     offset : tensor or None
         Frozen weight added to the Tucker weight (adapters: ``W0 + Tucker(dW)``).
+    weight_shape : tuple of int
+        Shape of the dense weight ``W``.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
+    .. [2] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000 (the
+       initialisation).
     """
 
     weight_shape: tuple[int, ...]
@@ -446,7 +469,13 @@ class TuckerLayer(nn.Module):
     @property
     def gradient_source(self) -> str:
         """``"factors"`` (ordinary autograd) or ``"weight"`` (``dL/dW`` lands on
-        :attr:`weight_delta`, created on first use)."""
+        :attr:`weight_delta`, created on first use).
+
+        Raises
+        ------
+        ValueError
+            On assignment of anything but ``"factors"`` or ``"weight"``.
+        """
         return self._gradient_source
 
     @gradient_source.setter
@@ -477,7 +506,14 @@ class TuckerLayer(nn.Module):
         return parameters
 
     def tucker(self) -> TuckerTensor:
-        """The weight as a (detached) TensorLy Tucker tensor."""
+        """The weight as a (detached) TensorLy Tucker tensor.
+
+        Returns
+        -------
+        TuckerTensor
+            ``(core, factors)``: detached views of the parameters (no copy; the
+            adapter ``offset`` is not included).
+        """
         return TuckerTensor(
             (self.core.detach(), [factor.detach() for factor in self.factors])
         )
@@ -503,6 +539,12 @@ class TuckerLayer(nn.Module):
         the factors' ``.grad`` are cleared (they belong to the old parametrization);
         ``weight_delta.grad``, a gradient with respect to ``W``, is kept, like any
         parameter's gradient after an optimizer step.
+
+        Raises
+        ------
+        ValueError
+            If the number of factors differs from the layer's order, or a factor's
+            row count differs from its mode's size ``n_i``.
         """
         core, factors = tucker
         if len(factors) != len(self.factors):
@@ -574,11 +616,23 @@ class TuckerLayer(nn.Module):
         self.set_tucker((core, factors))
 
     def parameter_count(self) -> int:
-        """Stored weight parameters ``prod(r) + sum(n_i r_i)`` (bias excluded)."""
+        """Stored weight parameters ``prod(r) + sum(n_i r_i)`` (bias excluded).
+
+        Returns
+        -------
+        int
+            Entries of the core and the factors at the current rank.
+        """
         return tf.parameter_count(self.weight_shape, self.rank)
 
     def dense_parameter_count(self) -> int:
-        """Parameters of the dense weight this layer replaces."""
+        """Parameters of the dense weight this layer replaces.
+
+        Returns
+        -------
+        int
+            ``prod(weight_shape)``.
+        """
         return math.prod(self.weight_shape)
 
     @property
@@ -588,7 +642,15 @@ class TuckerLayer(nn.Module):
         With ``gradient_source == "weight"`` (the TDLRT optimizer on a dense layer)
         the Tucker part is rebuilt without autograd and :attr:`weight_delta` is added:
         the backward pass then computes only ``dL/dW`` (into ``weight_delta.grad``),
-        whether the layer's own forward or a parent module reads the weight.
+        whether the layer's own forward or a parent module reads the weight. Shape
+        ``weight_shape``.
+
+        Raises
+        ------
+        RuntimeError
+            Inside a ``DistributedDataParallel`` that also reduces this
+            TDLRT-trained layer's core and factors (the model was wrapped without
+            :func:`~tuckerflow.nn.prepare_ddp`).
         """
         self._check_data_parallel()
         delta = self.weight_delta
@@ -628,6 +690,13 @@ class TuckerLayer(nn.Module):
             self.weight_delta.grad = None
 
     def extra_repr(self) -> str:
+        """The Tucker options shown by ``repr(layer)``.
+
+        Returns
+        -------
+        str
+            ``rank=..., adaptive_modes=..., implementation=...``.
+        """
         return (
             f"rank={self.rank}, adaptive_modes={self.adaptive_modes}, "
             f"implementation={self.implementation!r}"
@@ -707,6 +776,11 @@ class TuckerLayer(nn.Module):
         Layout: ``[format, order, min_rank..., max_rank..., adaptive flag per mode...,
         implementation code]`` (a tensor, so every ``state_dict`` entry is one:
         safetensors and ``{k: v.clone()}`` work).
+
+        Returns
+        -------
+        tensor of shape (3 d + 3,)
+            int64, ``d`` the order of the weight.
         """
         order = len(self.weight_shape)
         adaptive = [int(m in self.adaptive_modes) for m in range(order)]
@@ -722,7 +796,20 @@ class TuckerLayer(nn.Module):
 
     def set_extra_state(self, state: Any) -> None:
         """Restore :meth:`get_extra_state`'s tensor, or the dict older versions
-        stored (``min_rank``, ``max_rank``, ``adaptive_modes``, ``implementation``)."""
+        stored (``min_rank``, ``max_rank``, ``adaptive_modes``, ``implementation``).
+
+        Parameters
+        ----------
+        state : tensor of shape (3 d + 3,) or dict
+            The ``_extra_state`` entry of a ``state_dict``.
+
+        Raises
+        ------
+        ValueError
+            If the tensor is not the current format's encoding for a layer of this
+            order (a checkpoint of another architecture or version), or names an
+            unknown implementation code.
+        """
         if isinstance(state, dict):
             self.min_rank = tuple(state["min_rank"])
             self.max_rank = tuple(state["max_rank"])
@@ -756,16 +843,76 @@ class TuckerLinear(TuckerLayer):
     """``y = x W^T + b`` with ``W = U_out C U_in^T`` (order-2 Tucker, i.e. a low-rank
     matrix with an explicit core).
 
+    The weight ``W`` of shape ``(out_features, in_features)`` is stored as the core
+    ``C`` of shape ``(r_out, r_in)`` and orthonormal factors ``U_out`` of shape
+    ``(out_features, r_out)`` (mode 0) and ``U_in`` of shape ``(in_features, r_in)``
+    (mode 1): ``r_out r_in + out_features r_out + in_features r_in`` weights instead
+    of ``out_features in_features``. Input ``(*, in_features)``, output
+    ``(*, out_features)``, as for :class:`torch.nn.Linear`. The ranks adapt during
+    training with :class:`~tuckerflow.nn.TDLRT`.
+
     Parameters
     ----------
     in_features, out_features : int
-    bias : bool
+        Size of an input and of an output sample.
+    bias : bool, default True
+        Learn an additive bias of shape ``(out_features,)`` (initialised as
+        ``nn.Linear``'s).
     rank : int or (int, int), optional
-        Default: half of each dimension.
+        Initial rank ``(r_out, r_in)``. An int ``r`` applies to the adaptive modes
+        (``min(r, n_i)``) while fixed modes keep their full size; a pair gives both,
+        each in ``[1, n_i]``. Default: ``max(1, n_i // 2)`` on every adaptive mode.
+        An adaptive rank above the other one is lowered to it (a matrix has one
+        rank; the excess would only store zeros).
     min_rank, max_rank : int or (int, int), optional
+        Bounds on the adaptive ranks during rank-adaptive training (an int applies
+        to both modes; default 1 and ``n_i``). ``max_rank`` is clipped to ``n_i``
+        and ``min_rank`` to ``max_rank``; a fixed mode stays at its rank.
     adaptive_modes : sequence of int, optional
         Default ``(0, 1)``: both ranks adapt.
-    implementation : {'dense', 'factorized'}
+    implementation : {'dense', 'factorized'}, default 'dense'
+        ``'dense'``: rebuild ``W`` and run one ``F.linear`` (TDLRT then steps with
+        the dense gradient ``dL/dW``). ``'factorized'``: two thin matmuls
+        ``(x U_in C^T) U_out^T`` that never form ``W`` (TDLRT then takes the
+        parallel BUG step from the core and factor gradients).
+    device, dtype : optional
+        Of the parameters (default: torch's defaults, or ``init_weight``'s dtype).
+    init_weight : tensor of shape (out_features, in_features), optional
+        Dense weight whose truncated HOSVD at ``rank`` initialises the layer
+        (default: a Kaiming-uniform draw, as ``nn.Linear``).
+    offset : tensor of shape (out_features, in_features), optional
+        Frozen weight (a buffer, never trained) added to the Tucker weight: adapters
+        ``W0 + Tucker(dW)`` (:func:`~tuckerflow.nn.add_tucker_adapters`).
+    zero_core : bool, default False
+        Start from the zero core: ``W = 0`` with orthonormal bases (adapters).
+
+    Raises
+    ------
+    ValueError
+        If ``implementation`` is unknown; an entry of ``adaptive_modes`` is not 0 or
+        1; ``rank``, ``min_rank`` or ``max_rank`` has not one entry per mode; an int
+        ``rank`` is below 1 or a mode rank lies outside ``[1, n_i]``; or a
+        ``min_rank`` or ``max_rank`` entry of an adaptive mode is below 1.
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
+    .. [2] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000 (the
+       initialisation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tuckerflow.nn import TuckerLinear
+    >>> layer = TuckerLinear(20, 10, rank=4)
+    >>> tuple(layer(torch.randn(8, 20)).shape), layer.rank, layer.parameter_count()
+    ((8, 10), (4, 4), 136)
     """
 
     def __init__(
@@ -815,6 +962,23 @@ class TuckerLinear(TuckerLayer):
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` (plus ``x offset^T`` for an adapter).
+
+        Parameters
+        ----------
+        x : tensor of shape ``(*, in_features)``
+
+        Returns
+        -------
+        tensor of shape ``(*, out_features)``
+
+        Raises
+        ------
+        RuntimeError
+            Inside a ``DistributedDataParallel`` that also reduces this
+            TDLRT-trained layer's core and factors (the model was wrapped without
+            :func:`~tuckerflow.nn.prepare_ddp`).
+        """
         if self.implementation == "dense":
             return F.linear(x, self.weight, self.bias)
         self._check_data_parallel()
@@ -835,7 +999,46 @@ class TuckerLinear(TuckerLayer):
         tol: float | None = None,
         **options: Any,
     ) -> TuckerLinear:
-        """Tucker layer initialised by the (truncated) HOSVD of ``linear.weight``."""
+        """Tucker layer initialised by the (truncated) HOSVD of ``linear.weight``.
+
+        Parameters
+        ----------
+        linear : nn.Linear
+            Any ``nn.Linear`` (subclasses too); its bias is copied.
+        rank : int or (int, int), optional
+            Explicit initial rank (an int applies to the adaptive modes). Default
+            (neither ``rank`` nor ``tol``): half of every adaptive mode.
+        tol : float, optional
+            Instead of ``rank``: the smallest HOSVD ranks of the adaptive modes whose
+            total relative error is at most ``tol`` (in ``[0, 1)``:
+            ``||W - W_tucker|| <= tol ||W||``).
+        **options
+            Further constructor arguments: ``min_rank``, ``max_rank``,
+            ``adaptive_modes``, ``implementation``, ``offset``, ``zero_core``.
+
+        Returns
+        -------
+        TuckerLinear
+            A new layer on the device and in the dtype of ``linear.weight``; at full
+            rank it computes what ``linear`` computes.
+
+        Raises
+        ------
+        TypeError
+            If ``linear`` is not an ``nn.Linear``, ``tol`` is not a real number, or
+            a rank is neither an int nor a sequence of ints.
+        ValueError
+            If both ``rank`` and ``tol`` are given, ``tol`` lies outside ``[0, 1)``,
+            or an option is invalid (see :class:`TuckerLinear`).
+
+        References
+        ----------
+        .. [1] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+           decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000.
+        .. [2] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+           "Geometry-aware training of factorized layers in tensor Tucker format",
+           NeurIPS 2024.
+        """
         return _from_dense(cls, linear, rank, tol, options)
 
 
@@ -947,6 +1150,28 @@ class _TuckerConvNd(TuckerLayer):
         return conv(x, weight, bias, stride, padding, dilation, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolution of ``x`` with the Tucker weight (plus ``offset``, if any).
+
+        Parameters
+        ----------
+        x : tensor of shape ``(N, in_channels, *spatial)``
+            Or unbatched ``(in_channels, *spatial)``; ``spatial`` has 1, 2 or 3
+            entries (``TuckerConv1d``, ``2d``, ``3d``).
+
+        Returns
+        -------
+        tensor of shape ``(N, out_channels, *spatial_out)``
+            Unbatched for an unbatched input; ``spatial_out[d] = floor((spatial[d] +
+            2 padding[d] - dilation[d] (kernel_size[d] - 1) - 1) / stride[d] + 1)``,
+            as for ``nn.ConvNd``.
+
+        Raises
+        ------
+        RuntimeError
+            Inside a ``DistributedDataParallel`` that also reduces this
+            TDLRT-trained layer's core and factors (the model was wrapped without
+            :func:`~tuckerflow.nn.prepare_ddp`).
+        """
         if self.implementation == "dense":
             return self._conv(
                 x,
@@ -1023,6 +1248,13 @@ class _TuckerConvNd(TuckerLayer):
         return y
 
     def extra_repr(self) -> str:
+        """The constructor options shown by ``repr(layer)``.
+
+        Returns
+        -------
+        str
+            Channels, kernel, stride, padding and groups, then the Tucker options.
+        """
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, "
@@ -1038,20 +1270,94 @@ class _TuckerConvNd(TuckerLayer):
         Parameters
         ----------
         conv : nn.Conv1d, nn.Conv2d or nn.Conv3d
+            Matching the class's dimension (subclasses too); its bias is copied.
         rank : int or sequence of int, optional
-            Explicit initial rank (an int applies to the adaptive modes).
+            Explicit initial rank (an int applies to the adaptive modes). Default
+            (neither ``rank`` nor ``tol``): half of every adaptive mode.
         tol : float, optional
-            Relative truncation tolerance for the adaptive modes (fixed modes keep full
-            rank); the total relative error of the initial weight is at most ``tol``.
+            Relative truncation tolerance in ``[0, 1)`` for the adaptive modes (fixed
+            modes keep full rank); the total relative error of the initial weight is
+            at most ``tol``.
         **options
-            ``min_rank``, ``max_rank``, ``adaptive_modes``, ``implementation``.
+            ``min_rank``, ``max_rank``, ``adaptive_modes``, ``implementation``,
+            ``offset``, ``zero_core``.
+
+        Returns
+        -------
+        TuckerConv1d, TuckerConv2d or TuckerConv3d
+            A new layer on the device and in the dtype of ``conv.weight``; at full
+            rank it computes what ``conv`` computes.
+
+        Raises
+        ------
+        TypeError
+            If ``conv`` is not a convolution of the class's dimension, ``tol`` is not
+            a real number, or a rank is neither an int nor a sequence of ints.
+        ValueError
+            If both ``rank`` and ``tol`` are given, ``tol`` lies outside ``[0, 1)``,
+            or an option is invalid (see :class:`TuckerConv2d`).
+
+        References
+        ----------
+        .. [1] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+           decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000.
+        .. [2] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+           "Geometry-aware training of factorized layers in tensor Tucker format",
+           NeurIPS 2024.
         """
         return _from_dense(cls, conv, rank, tol, options)
 
 
 class TuckerConv1d(_TuckerConvNd):
     """Conv1d with a Tucker weight (modes: out, in/groups, kernel). Same signature as
-    :class:`torch.nn.Conv1d` plus the Tucker options of :class:`TuckerLinear`."""
+    :class:`torch.nn.Conv1d` plus the Tucker options of :class:`TuckerLinear`.
+
+    Weight ``(C_out, C_in / groups, k)``; input ``(N, C_in, L)`` or ``(C_in, L)``,
+    output ``(N, C_out, L_out)`` or ``(C_out, L_out)``; see :class:`TuckerConv2d`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        ``C_in`` and ``C_out``; both divisible by ``groups``.
+    kernel_size, stride, padding, dilation : int or tuple of int
+        As for :class:`torch.nn.Conv1d`; ``padding`` may also be ``'same'``
+        (stride 1 only) or ``'valid'``.
+    groups : int, default 1
+    bias : bool, default True
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, default 'zeros'
+    rank, min_rank, max_rank : int or sequence of int, optional
+        Initial rank and rank bounds (3 modes), as for :class:`TuckerConv2d`.
+    adaptive_modes : sequence of int, optional
+        Default ``(0, 1)``: the channel modes adapt, the kernel modes keep full size.
+    implementation : {'dense', 'factorized'}, default 'dense'
+        As for :class:`TuckerConv2d`.
+    device, dtype : optional
+        Of the parameters.
+    init_weight, offset : tensor of shape (C_out, C_in / groups, k), optional
+        Dense weight whose HOSVD initialises the layer; frozen weight added to the
+        Tucker weight (adapters).
+    zero_core : bool, default False
+        Start from the zero core (adapters: ``dW = 0``).
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not divide both channel counts, ``padding_mode`` or a
+        string ``padding`` is unknown, ``padding='same'`` meets a stride, or a
+        Tucker option is invalid (see :class:`TuckerConv2d`).
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
+    .. [2] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000 (the
+       initialisation).
+    """
 
     spatial_dims = 1
 
@@ -1059,13 +1365,144 @@ class TuckerConv1d(_TuckerConvNd):
 class TuckerConv2d(_TuckerConvNd):
     """Conv2d with a Tucker weight (modes: out, in/groups, kh, kw). Same signature as
     :class:`torch.nn.Conv2d` plus ``rank``, ``min_rank``, ``max_rank``,
-    ``adaptive_modes`` (default: the two channel modes) and ``implementation``."""
+    ``adaptive_modes`` (default: the two channel modes) and ``implementation``.
+
+    The weight ``W`` of shape ``(C_out, C_in / groups, kh, kw)`` is
+    ``C ×_1 U_out ×_2 U_in ×_3 U_h ×_4 U_w`` with core ``C`` of shape
+    ``(r_out, r_in, r_h, r_w)`` and orthonormal factors ``U`` of shape
+    ``(n_i, r_i)``. Input ``(N, C_in, H, W)`` (or unbatched ``(C_in, H, W)``), output
+    ``(N, C_out, H_out, W_out)`` with ``H_out = floor((H + 2 padding[0] -
+    dilation[0] (kh - 1) - 1) / stride[0] + 1)`` (likewise ``W_out``), as for
+    :class:`torch.nn.Conv2d`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        ``C_in`` and ``C_out``; both divisible by ``groups``.
+    kernel_size, stride, padding, dilation : int or tuple of int
+        As for :class:`torch.nn.Conv2d`; ``padding`` may also be ``'same'`` (stride
+        1 only) or ``'valid'``.
+    groups : int, default 1
+        Blocked connections, as for ``nn.Conv2d``; every group shares the bases.
+    bias : bool, default True
+        Learn an additive bias of shape ``(C_out,)``.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, default 'zeros'
+    rank : int or sequence of int, optional
+        Initial multilinear rank ``(r_out, r_in, r_h, r_w)``. An int ``r`` applies
+        to the adaptive modes (``min(r, n_i)``) while the fixed modes keep their full
+        size; a sequence gives every mode, each in ``[1, n_i]``. Default:
+        ``max(1, n_i // 2)`` on every adaptive mode. An adaptive rank above the
+        product of the other ranks is lowered to it (it would only store zeros).
+    min_rank, max_rank : int or sequence of int, optional
+        Bounds on the adaptive ranks during rank-adaptive training (an int applies
+        to every mode; default 1 and ``n_i``). ``max_rank`` is clipped to ``n_i``
+        and ``min_rank`` to ``max_rank``; fixed modes stay at their rank.
+    adaptive_modes : sequence of int, optional
+        The modes whose rank may change. Default ``(0, 1)``: the channel modes adapt,
+        the kernel modes keep full size.
+    implementation : {'dense', 'factorized'}, default 'dense'
+        ``'dense'``: rebuild ``W`` and run one ``F.conv2d`` (TDLRT then steps with
+        the dense gradient ``dL/dW``). ``'factorized'``: never form ``W``: a 1x1
+        convolution with ``U_in``, a convolution with the core (kernel factors
+        folded in) and a 1x1 convolution with ``U_out`` (TDLRT then takes the
+        parallel BUG step from the core and factor gradients).
+    device, dtype : optional
+        Of the parameters (default: torch's defaults, or ``init_weight``'s dtype).
+    init_weight : tensor of shape (C_out, C_in / groups, kh, kw), optional
+        Dense weight whose truncated HOSVD at ``rank`` initialises the layer
+        (default: a Kaiming-uniform draw, as ``nn.Conv2d``).
+    offset : tensor of shape (C_out, C_in / groups, kh, kw), optional
+        Frozen weight (a buffer, never trained) added to the Tucker weight: adapters
+        ``W0 + Tucker(dW)`` (:func:`~tuckerflow.nn.add_tucker_adapters`).
+    zero_core : bool, default False
+        Start from the zero core: ``W = 0`` with orthonormal bases (adapters).
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not divide both channel counts; ``padding_mode`` or a
+        string ``padding`` is unknown; ``padding='same'`` meets a stride;
+        ``implementation`` is unknown; an entry of ``adaptive_modes`` is not a mode
+        (``0 <= m < 4``); ``rank``, ``min_rank`` or ``max_rank`` has not one entry
+        per mode; an int ``rank`` is below 1 or a mode rank lies outside
+        ``[1, n_i]``; or a ``min_rank`` or ``max_rank`` entry of an adaptive mode is
+        below 1.
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
+    .. [2] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000 (the
+       initialisation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tuckerflow.nn import TuckerConv2d
+    >>> layer = TuckerConv2d(8, 16, 3, padding=1, rank=4)
+    >>> tuple(layer(torch.randn(2, 8, 10, 10)).shape), layer.rank
+    ((2, 16, 10, 10), (4, 4, 3, 3))
+    """
 
     spatial_dims = 2
 
 
 class TuckerConv3d(_TuckerConvNd):
-    """Conv3d with a Tucker weight (modes: out, in/groups, kd, kh, kw)."""
+    """Conv3d with a Tucker weight (modes: out, in/groups, kd, kh, kw).
+
+    Same signature as :class:`torch.nn.Conv3d` plus the Tucker options; weight
+    ``(C_out, C_in / groups, kd, kh, kw)``, input ``(N, C_in, D, H, W)`` (or
+    unbatched), output ``(N, C_out, D_out, H_out, W_out)``; see
+    :class:`TuckerConv2d`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        ``C_in`` and ``C_out``; both divisible by ``groups``.
+    kernel_size, stride, padding, dilation : int or tuple of int
+        As for :class:`torch.nn.Conv3d`; ``padding`` may also be ``'same'``
+        (stride 1 only) or ``'valid'``.
+    groups : int, default 1
+    bias : bool, default True
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}, default 'zeros'
+    rank, min_rank, max_rank : int or sequence of int, optional
+        Initial rank and rank bounds (5 modes), as for :class:`TuckerConv2d`.
+    adaptive_modes : sequence of int, optional
+        Default ``(0, 1)``: the channel modes adapt, the kernel modes keep full size.
+    implementation : {'dense', 'factorized'}, default 'dense'
+        As for :class:`TuckerConv2d`.
+    device, dtype : optional
+        Of the parameters.
+    init_weight, offset : tensor of shape (C_out, C_in / groups, kd, kh, kw), optional
+        Dense weight whose HOSVD initialises the layer; frozen weight added to the
+        Tucker weight (adapters).
+    zero_core : bool, default False
+        Start from the zero core (adapters: ``dW = 0``).
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` does not divide both channel counts, ``padding_mode`` or a
+        string ``padding`` is unknown, ``padding='same'`` meets a stride, or a
+        Tucker option is invalid (see :class:`TuckerConv2d`).
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is neither an int nor a sequence
+        of ints.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
+    .. [2] L. De Lathauwer, B. De Moor, J. Vandewalle, "A multilinear singular value
+       decomposition", SIAM J. Matrix Anal. Appl. 21(4), 1253-1278, 2000 (the
+       initialisation).
+    """
 
     spatial_dims = 3
 

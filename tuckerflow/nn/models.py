@@ -19,7 +19,18 @@ class LeNet5(nn.Module):
     """LeNet-5 as in the DLRT/TDLRT experiments: 430,500 weights.
 
     Conv(1, 20, 5) - ReLU - MaxPool(2) - Conv(20, 50, 5) - ReLU - MaxPool(2) -
-    Linear(800, 500) - ReLU - Linear(500, 10), for 28 x 28 inputs.
+    Linear(800, 500) - ReLU - Linear(500, 10), for 28 x 28 inputs: input
+    ``(N, 1, 28, 28)``, output ``(N, num_classes)`` logits.
+
+    Parameters
+    ----------
+    num_classes : int, default 10
+        Outputs of the last layer.
+
+    References
+    ----------
+    .. [1] Y. LeCun, L. Bottou, Y. Bengio, P. Haffner, "Gradient-based learning
+       applied to document recognition", Proc. IEEE 86(11), 2278-2324, 1998.
     """
 
     def __init__(self, num_classes: int = 10) -> None:
@@ -40,6 +51,17 @@ class LeNet5(nn.Module):
         )
 
     def forward(self, x):
+        """Class scores of a batch of images.
+
+        Parameters
+        ----------
+        x : tensor of shape (N, 1, 28, 28)
+
+        Returns
+        -------
+        tensor of shape (N, num_classes)
+            Logits (no softmax).
+        """
         return self.classifier(self.features(x))
 
 
@@ -47,7 +69,15 @@ class SmallVGG(nn.Module):
     """A small VGG-style network for 28 x 28 images (Fashion-MNIST).
 
     Two blocks of two 3x3 convolutions (32 and 64 channels) with batch norm and max
-    pooling, then Linear(3136, 256) - Linear(256, 10).
+    pooling, then Linear(3136, 256) - Linear(256, 10). Input ``(N, 1, 28, 28)``,
+    output ``(N, num_classes)`` logits.
+
+    Parameters
+    ----------
+    num_classes : int, default 10
+        Outputs of the last layer.
+    width : int, default 32
+        Channels of the first block (the second has ``2 width``).
     """
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
@@ -76,6 +106,17 @@ class SmallVGG(nn.Module):
         )
 
     def forward(self, x):
+        """Class scores of a batch of images.
+
+        Parameters
+        ----------
+        x : tensor of shape (N, 1, 28, 28)
+
+        Returns
+        -------
+        tensor of shape (N, num_classes)
+            Logits (no softmax).
+        """
         return self.classifier(self.features(x))
 
 
@@ -114,10 +155,24 @@ class ResNet(nn.Module):
     parameter-free shortcut (option A), then global average pooling and
     Linear(4 width, num_classes). ``6 blocks + 2`` weighted layers; ResNet-20
     (``blocks=3``, ``width=16``) has 0.27M parameters for 3 x 32 x 32 inputs.
-    Any input size works (``in_channels=1`` for 1 x 28 x 28 Fashion-MNIST).
+    Any input size works (``in_channels=1`` for 1 x 28 x 28 Fashion-MNIST): input
+    ``(N, in_channels, H, W)``, output ``(N, num_classes)`` logits.
 
-    References: K. He, X. Zhang, S. Ren, J. Sun, "Deep residual learning for image
-    recognition", CVPR 2016.
+    Parameters
+    ----------
+    num_classes : int, default 10
+        Outputs of the classifier.
+    in_channels : int, default 3
+        Channels of the input images.
+    blocks : int, default 3
+        Basic blocks per stage (3: ResNet-20, 5: ResNet-32, 9: ResNet-56).
+    width : int, default 16
+        Channels of the first stage.
+
+    References
+    ----------
+    .. [1] K. He, X. Zhang, S. Ren, J. Sun, "Deep residual learning for image
+       recognition", CVPR 2016.
     """
 
     def __init__(
@@ -141,6 +196,17 @@ class ResNet(nn.Module):
         self.classifier = nn.Linear(cin, num_classes)
 
     def forward(self, x):
+        """Class scores of a batch of images.
+
+        Parameters
+        ----------
+        x : tensor of shape (N, in_channels, H, W)
+
+        Returns
+        -------
+        tensor of shape (N, num_classes)
+            Logits (no softmax).
+        """
         out = self.layers(F.relu(self.bn(self.conv(x))))
         return self.classifier(out.mean(dim=(2, 3)))
 
@@ -156,7 +222,13 @@ def pretrained_mnist_cnn():
     Returns
     -------
     nn.Module
-        In eval mode.
+        In eval mode; input ``(N, 1, 28, 28)`` normalised with :data:`MNIST_MEAN`
+        and :data:`MNIST_STD`, output ``(N, 10)`` logits.
+
+    Raises
+    ------
+    tuckerflow.datasets.MissingDataError
+        If ``ccexam`` is not installed (a ``FileNotFoundError``).
     """
     import importlib.util
     import os

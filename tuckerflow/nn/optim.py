@@ -120,38 +120,152 @@ def _orthonormality_tolerances(factor: torch.Tensor) -> tuple[float, float]:
 class TDLRT(torch.optim.Optimizer):
     """Geometry-aware, rank-adaptive optimizer for models with Tucker layers.
 
+    Every Tucker layer (:class:`~tuckerflow.nn.TuckerLayer`, weight
+    ``W = C ×_i U_i`` with orthonormal factors) takes the TDLRT step of Zangrando et
+    al. [1]_ (built on the basis-update & Galerkin integrator [3]_), or the parallel
+    BUG step [2]_ where the dense gradient is never formed; every other parameter
+    takes SGD (with momentum [4]_ [5]_) or Adam [6]_. One :meth:`step`, with
+    ``h = lr`` and ``wd = weight_decay`` (see :ref:`tdlrt-step` and :ref:`variants`
+    in the concepts guide)::
+
+        for every Tucker layer W = C ×_i U_i in the groups (method != 'vanilla'):
+            1. gradient
+               dense forward:       G = weight_delta.grad = dL/dW, plus wd W
+               factorized forward:  dL/dC, dL/dU_i of the ordinary backward pass
+                                    (plus those of wd/2 ||W||^2), and
+                                    dL/dK_i = dL/dU_i pinv(S_i^T)   (cut at rcond)
+            2. K-steps, every mode i: C_(i)^T = Q_i S_i^T,
+               K_i = U_i S_i - h dL/dK_i       (dL/dK_i = G_(i) V_i from G)
+            3. augment: Û_i = orth([U_i, K_i])             (at most 2 r_i columns)
+            4. core step
+               'tdlrt':     Ĉ = C ×_i (Û_i^T U_i) - h G ×_i Û_i^T   (Galerkin, same G)
+               'parallel':  Ĉ = C - h dL/dC in the old block (dL/dC = G ×_i U_i^T
+                            from G), the new directions of the K_i in the blocks
+                            where one mode is new, zero elsewhere
+               (momentum/Adam act on the K and core updates; their buffers follow
+               every change of basis and rank)
+            5. truncate: new ranks from tol (||W_new - Ĉ ×_i Û_i|| <= tol ||Ĉ||)
+               within [min_rank, max_rank], or with budget jointly over all layers;
+               C, U_i <- the truncated HOSVD of Ĉ in the bases Û_i
+        for every other parameter p with a gradient (biases, norms, dense layers,
+        and the core and factors of 'vanilla' layers):
+            g = p.grad + wd p
+            SGD:   b = momentum b + g (b = g at first);  p -= h b
+                   (nesterov: p -= h (g + momentum b));  without momentum p -= h g
+            Adam:  m = beta1 m + (1 - beta1) g,  v = beta2 v + (1 - beta2) g^2,
+                   p -= h m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps)
+        a non-finite loss or gradient anywhere: skip the whole step (RuntimeWarning)
+
+    How each Tucker layer gets its gradient, ``weight_delta`` and the repair of
+    factors written by something else are described in the module docstring
+    (:mod:`tuckerflow.nn.optim`).
+
     Parameters
     ----------
-    params : iterable of parameters or dicts, or nn.Module
-        As for any torch optimizer; a module means ``module.parameters()``.
+    params : iterable of Tensor or dict, or nn.Module
+        As for any torch optimizer: parameters, or parameter groups (dicts with
+        ``"params"`` and any of ``lr``, ``tol``, ``relative``, ``momentum``,
+        ``nesterov``, ``weight_decay``, ``adam``, ``betas``, ``eps``, ``method``,
+        ``rcond`` overriding the defaults below). A module means
+        ``module.parameters()`` and lets messages name its Tucker layers. All of a
+        Tucker layer's core and factors must be in one group.
     lr : float
-    tol : float, default 0.1
-        Truncation tolerance of every TDLRT step (relative: the new weight is within
-        ``tol * ||W||`` of the untruncated step, total over all modes).
+        Step size ``h > 0`` of every update (no default): the Tucker steps and SGD
+        move by ``h`` times a gradient, Adam by at most about ``h`` per entry.
+    tol : float, optional
+        Truncation tolerance of every TDLRT step, default 0.1 (when no ``budget``
+        is given): the truncated weight is within ``tol * ||Ĉ||`` (the norm of the
+        untruncated new weight) of the untruncated step, total over all modes
+        (``relative=True``, then in ``[0, 1)``), or within ``tol`` in the units of
+        the weight (``relative=False``, then ``>= 0``).
     budget : int or callable, optional
-        Instead of ``tol``: the total parameter count of all Tucker layers after every
+        Instead of ``tol``: the total number of stored Tucker weights
+        (``sum over layers of prod(r) + sum_i n_i r_i``, biases excluded) after every
         step; the ranks of all layers are allocated jointly
         (:func:`tuckerflow.ranks.ranks_from_global_budget`). A callable
-        ``budget(step) -> int`` is a schedule (e.g. :func:`linear_budget`, to shrink a
-        network gradually from its initial size instead of in its first step).
+        ``budget(step) -> int`` is a schedule of the optimizer's step count (e.g.
+        :func:`linear_budget`, to shrink a network gradually from its initial size
+        instead of in its first step). Default None: ranks from ``tol``.
     budget_criterion : {'tolerance', 'energy', 'energy_per_parameter'}
-        How the budget is shared (default: a common relative tolerance).
+        How the budget is shared. Default ``'tolerance'``: the smallest common
+        relative tolerance that fits; the others drop the singular directions of
+        least relative energy (per parameter saved) over all layers.
     relative : bool, default True
+        Whether ``tol`` is relative to the norm of the new weight (see ``tol``).
     momentum : float, default 0
-        Heavy-ball momentum for all parameters (Tucker: on the K and core updates,
-        carried through rank changes).
-    nesterov : bool
+        Heavy-ball momentum factor in ``[0, 1)`` for all parameters (Tucker layers:
+        on the K and core updates, carried through rank changes).
+    nesterov : bool, default False
+        Nesterov momentum in the form of ``torch.optim.SGD`` (needs ``momentum >
+        0``).
     weight_decay : float, default 0
-        L2 penalty on the represented weights and ordinary parameters.
-    adam : bool
-        Use Adam (``betas``, ``eps``) instead of SGD(+momentum).
-    method : {'auto', 'tdlrt', 'parallel', 'vanilla'}
+        L2 penalty factor ``>= 0``: adds the gradient of ``wd/2 ||W||^2`` of the
+        represented Tucker weights (``wd W``; ``wd C`` on the core and
+        ``wd U_i C_(i) C_(i)^T`` on the factors of factorized layers, never a pull
+        of the bases towards zero) and ``wd p`` to every ordinary gradient (coupled,
+        as ``torch.optim.SGD``/``Adam``, not AdamW).
+    adam : bool, default False
+        Use Adam (``betas``, ``eps``) instead of SGD (with ``momentum``).
+    betas : (float, float), default (0.9, 0.999)
+        Adam's decay rates of the first and second moment estimates, each in
+        ``[0, 1)`` (checked when a Tucker layer's Adam state is created, at its
+        first step).
+    eps : float, default 1e-8
+        Adam's term added to the denominator ``sqrt(v)``, in the units of the
+        gradient, ``> 0`` (checked like ``betas``).
+    method : {'auto', 'tdlrt', 'parallel', 'vanilla'}, default 'auto'
+        ``'tdlrt'`` (dense layers only): K-steps and Galerkin core step from one
+        dense gradient ``G``. ``'parallel'``: the parallel BUG step, from ``G`` for
+        dense layers, from the core and factor gradients for factorized ones.
+        ``'auto'``: ``'tdlrt'`` for dense layers, ``'parallel'`` for factorized
+        ones. ``'vanilla'``: no manifold step, the core and factors are ordinary
+        parameters (fixed ranks, the factors lose orthonormality).
     rcond : float, optional
-        Cut-off of the factorized K-gradient solve (default ``sqrt(eps)``).
+        Relative cut-off (a fraction of ``sigma_max(S_i)``, dimensionless) of the
+        solve ``dL/dK_i = dL/dU_i pinv(S_i^T)`` of factorized layers; default
+        ``sqrt(eps)`` of the dtype. Directions of the core below it get no K-step.
     distributed : bool, optional
         Average the Tucker gradients over a ``torch.distributed`` process group and
         keep all workers identical (default: when a group of several workers is
         initialized); see :mod:`tuckerflow.nn.distributed`.
+
+    Raises
+    ------
+    ValueError
+        If both ``tol`` and ``budget`` are given; ``budget`` is neither a positive
+        int nor a callable, or is smaller than the parameter count of the Tucker
+        layers at their ``min_rank``; ``budget_criterion`` or ``method`` is unknown;
+        ``lr`` is not finite and ``> 0``; ``tol`` is not finite, outside ``[0, 1)``
+        with ``relative=True`` or negative; ``momentum`` lies outside ``[0, 1)``;
+        ``nesterov`` is set without momentum; ``weight_decay`` is negative;
+        ``distributed=True`` has no initialized process group; ``params`` is a module
+        holding a ``DistributedDataParallel`` that reduces Tucker parameters (built
+        without :func:`~tuckerflow.nn.prepare_ddp`); or a parameter group is
+        refused (:meth:`add_param_group`). :meth:`step` raises too.
+    TypeError
+        If ``tol`` is not a real number.
+
+    Warns
+    -----
+    RuntimeWarning
+        From :meth:`step`: when a non-finite loss or gradient skips a step, and when
+        factors written by something else are re-orthonormalized.
+
+    References
+    ----------
+    .. [1] E. Zangrando, S. Schotthöfer, G. Ceruti, J. Kusch, F. Tudisco,
+       "Geometry-aware training of factorized layers in tensor Tucker format",
+       NeurIPS 2024.
+    .. [2] G. Ceruti, J. Kusch, C. Lubich, "A parallel rank-adaptive integrator for
+       dynamical low-rank approximation", SIAM J. Sci. Comput. 46(3), 2024.
+    .. [3] G. Ceruti, C. Lubich, "An unconventional robust integrator for dynamical
+       low-rank approximation", BIT Numer. Math. 62, 23-44, 2022.
+    .. [4] B. T. Polyak, "Some methods of speeding up the convergence of iteration
+       methods", USSR Comput. Math. Math. Phys. 4(5), 1-17, 1964.
+    .. [5] I. Sutskever, J. Martens, G. Dahl, G. Hinton, "On the importance of
+       initialization and momentum in deep learning", ICML 2013.
+    .. [6] D. P. Kingma, J. Ba, "Adam: A method for stochastic optimization",
+       ICLR 2015.
 
     Examples
     --------
@@ -283,6 +397,32 @@ class TDLRT(torch.optim.Optimizer):
 
     # --------------------------------------------------------------- set-up
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group, as ``torch.optim.Optimizer.add_param_group``.
+
+        The group's Tucker layers are found by their parameters and prepared for
+        the group's method: with a dense-gradient step (``'tdlrt'``, or
+        ``'parallel'`` on a dense layer) the layer's ``weight_delta`` is created and
+        added to the group.
+
+        Parameters
+        ----------
+        param_group : dict
+            ``"params"`` and any of the per-group options of :class:`TDLRT`
+            (``lr``, ``tol``, ``relative``, ``momentum``, ``nesterov``,
+            ``weight_decay``, ``adam``, ``betas``, ``eps``, ``method``, ``rcond``);
+            missing ones take the constructor's values.
+
+        Raises
+        ------
+        ValueError
+            If ``tol`` or ``method`` is invalid, a Tucker layer's core and factors
+            are not all in this group, its ``weight_delta`` is in another group,
+            ``method='tdlrt'`` meets a factorized layer, or (torch) a parameter is
+            already in another group.
+        TypeError
+            If ``tol`` is not a real number, or (torch) ``params`` is a set or a
+            single tensor.
+        """
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_tol(group["tol"], group["relative"])
@@ -406,12 +546,34 @@ class TDLRT(torch.optim.Optimizer):
                     group["param_names"] = names
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state, as ``torch.optim.Optimizer.state_dict``.
+
+        The ``weight_delta`` gradient carriers (no state) are left out, so the
+        layout is that of the ordinary and Tucker parameters; a Tucker layer's
+        momentum or Adam state is stored with its core (``"tucker_state"``).
+
+        Returns
+        -------
+        dict
+            ``"state"``, ``"param_groups"`` and ``"tdlrt_steps"``, the number of
+            steps taken (the argument of a budget schedule).
+        """
         with self._without_weight_deltas():
             state = super().state_dict()
         state["tdlrt_steps"] = self._steps_taken  # for budget schedules
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (one without ``"tdlrt_steps"`` restarts the
+        step count at 0).
+
+        Parameters
+        ----------
+        state_dict : dict
+            As returned by :meth:`state_dict`; not modified. The Tucker layers must
+            already have the ranks the state was saved at (load the model first,
+            e.g. with :func:`~tuckerflow.nn.load_checkpoint`).
+        """
         state_dict = dict(state_dict)
         self._steps_taken = int(state_dict.pop("tdlrt_steps", 0))
         with self._without_weight_deltas():
@@ -422,10 +584,42 @@ class TDLRT(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter; returns the closure's loss if given.
 
-        A non-finite loss or gradient skips the whole step (weights and optimizer
-        state untouched) with a warning. Factors that something else wrote since the
-        last step are checked first and re-orthonormalized if needed (see the module
-        docstring).
+        The algorithm is in the class docstring. A non-finite loss or gradient skips
+        the whole step (weights and optimizer state untouched) with a warning.
+        Factors that something else wrote since the last step are checked first and
+        re-orthonormalized if needed (see the module docstring). Runs without
+        autograd and outside ``torch.autocast``.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (called with gradients
+            enabled), as for any torch optimizer.
+
+        Returns
+        -------
+        tensor or None
+            The closure's loss; None without a closure.
+
+        Raises
+        ------
+        RuntimeError
+            If a Tucker layer no longer holds the ``Parameter`` objects the optimizer
+            was given (``load_state_dict(..., assign=True)``, or ``module.to()``
+            under ``torch.__future__.set_overwrite_module_params_on_conversion``):
+            create the optimizer after loading or converting the model.
+        ValueError
+            If a Tucker layer's factors hold NaN or Inf (written by something else:
+            restore the weights from a checkpoint), a budget schedule returns no
+            positive int, or ``betas``/``eps`` are invalid for Adam.
+
+        Warns
+        -----
+        RuntimeWarning
+            When the step is skipped for a non-finite loss or gradient, and when a
+            layer's factors were not orthonormal and have been repaired (the
+            weight is kept; its momentum/Adam state is reset, and a factorized
+            layer whose gradients belong to the old factors skips this step).
         """
         loss = None
         if closure is not None:
@@ -917,10 +1111,24 @@ def linear_budget(start: int, end: int, steps: int):
     half-rank initialisation, ``end`` = 5% of the weights, ``steps`` = one epoch) see
     ``benchmarks/lenet_compression.py``.
 
+    Parameters
+    ----------
+    start, end : int
+        Budgets (stored Tucker weights, see :class:`TDLRT`) at step 0 and from step
+        ``steps`` on; positive.
+    steps : int
+        Number of optimizer steps of the transition, positive.
+
     Returns
     -------
     callable
-        ``schedule(step) -> int``.
+        ``schedule(step) -> int``: ``round(start + min(step / steps, 1) (end -
+        start))``.
+
+    Raises
+    ------
+    ValueError
+        If ``start``, ``end`` or ``steps`` is below 1.
     """
     if steps < 1 or start < 1 or end < 1:
         raise ValueError("start, end and steps must be positive")
