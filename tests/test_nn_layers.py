@@ -220,3 +220,8 @@ def test_fixed_modes_keep_their_size_and_adaptive_ranks_are_capped(make, rank):
     for mode in layer.adaptive_modes:
         others = math.prod(rank) // rank[mode]
         assert rank[mode] <= others
+
+
+def test_a_float_rank_is_named_in_the_error():
+    with pytest.raises(TypeError, match=r"rank must be an int or one int per mode"):
+        TuckerLinear(6, 5, rank=2.5)

@@ -204,7 +204,11 @@ def test_closure_and_vanilla_method():
     [
         ({"tol": 1.0}, r"tol must lie in \[0, 1\)"),
         ({"tol": -0.1}, r"tol must lie in \[0, 1\)"),
-        ({"lr": 0.0}, "lr must be finite and > 0"),
+        ({"lr": 0.0}, "lr must be a finite number > 0"),
+        ({"lr": True}, "lr must be a finite number > 0"),
+        ({"betas": (0.9, 1.0)}, r"betas must be two numbers in \[0, 1\)"),
+        ({"betas": (0.9,)}, r"betas must be two numbers in \[0, 1\)"),
+        ({"eps": 0.0}, "eps must be finite and > 0"),
         ({"momentum": 1.0}, r"momentum must lie in \[0, 1\)"),
         ({"method": "sgd"}, "method must be one of"),
         ({"nesterov": True}, "nesterov needs momentum"),

@@ -102,6 +102,10 @@ def _per_mode(value: Any, order: int, name: str) -> tuple[int, ...] | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,) * order
+    if not hasattr(value, "__iter__"):
+        raise TypeError(
+            f"{name} must be an int or one int per mode ({order}), got {value!r}"
+        )
     values = tuple(value)
     if len(values) != order:
         raise ValueError(f"{name} must have one entry per mode ({order}), got {values}")

@@ -235,7 +235,9 @@ class TDLRT(torch.optim.Optimizer):
         If both ``tol`` and ``budget`` are given; ``budget`` is neither a positive
         int nor a callable, or is smaller than the parameter count of the Tucker
         layers at their ``min_rank``; ``budget_criterion`` or ``method`` is unknown;
-        ``lr`` is not finite and ``> 0``; ``tol`` is not finite, outside ``[0, 1)``
+        ``lr`` is not a finite number ``> 0``; ``betas`` are not two numbers in
+        ``[0, 1)`` or ``eps`` is not finite and ``> 0``; ``tol`` is not finite,
+        outside ``[0, 1)``
         with ``relative=True`` or negative; ``momentum`` lies outside ``[0, 1)``;
         ``nesterov`` is set without momentum; ``weight_decay`` is negative;
         ``distributed=True`` has no initialized process group; ``params`` is a module
@@ -331,8 +333,23 @@ class TDLRT(torch.optim.Optimizer):
         self.budget_criterion = budget_criterion
         self._steps_taken = 0
         tol = 0.1 if tol is None else tol
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be finite and > 0, got {lr!r}")
+        if not (
+            isinstance(lr, (int, float))
+            and not isinstance(lr, bool)
+            and math.isfinite(lr)
+            and lr > 0
+        ):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        betas = tuple(betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(
+                f"betas must be two numbers in [0, 1) (Adam's decay rates of the "
+                f"first and second moments), got {betas!r}"
+            )
+        if not (math.isfinite(eps) and eps > 0):
+            raise ValueError(
+                f"eps must be finite and > 0 (Adam's denominator guard), got {eps!r}"
+            )
         check_tol(tol, relative)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
