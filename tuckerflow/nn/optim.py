@@ -61,6 +61,11 @@ from tuckerflow.integrators.bug import (
     parallel_augment_from_factor_gradients,
     parallel_augment_unchecked,
 )
+from tuckerflow.integrators.multi import (
+    decompose_multi,
+    parallel_augment_multi,
+    tdlrt_augment_multi,
+)
 from tuckerflow.integrators.tdlrt import tdlrt_augment_unchecked
 from tuckerflow.profiling import phase
 from tuckerflow.ranks import (
@@ -673,9 +678,18 @@ class TDLRT(torch.optim.Optimizer):
         for group, layers, ordinary in plans:
             for parameter in ordinary:
                 self._ordinary_update(group, parameter)
-            for layer, gradients in layers:
-                pending.append((group, layer, self._augment(group, layer, gradients)))
+            pending += self._augment_group(group, layers)
         if pending:
+            with phase("truncation"), tf.use_backend("pytorch"):
+                # every SVD of the augmented cores, batched over layers of one shape;
+                # rank choice and truncation below reuse them
+                decompose_multi(
+                    [augmented for _, _, augmented in pending],
+                    [
+                        {"min_rank": layer.min_rank, "max_rank": layer.max_rank}
+                        for _, layer, _ in pending
+                    ],
+                )
             with phase("truncation"):
                 ranks = self._decide_ranks(pending)
                 for (_, layer, augmented), rank in zip(pending, ranks):
@@ -855,13 +869,50 @@ class TDLRT(torch.optim.Optimizer):
             return Momentum.init(tucker, group["momentum"], nesterov=group["nesterov"])
         return None
 
-    def _augment(self, group, layer: TuckerLayer, gradients) -> AugmentedStep:
-        """Steps 1-5 of the layer's update (everything but the truncation).
+    def _augment_group(self, group, layers) -> list[tuple[Any, TuckerLayer, Any]]:
+        """Steps 1-5 for every layer of a group, in layer order.
 
-        Computed in :func:`~tuckerflow.nn.layers.factorization_dtype` of the layer
-        (float32 for float16/bfloat16 layers, whatever dtype the gradient has);
-        :meth:`TuckerLayer.set_tucker` stores the result in the layer's dtype.
+        Layers with a dense weight gradient go through the multi-tensor path
+        (:mod:`tuckerflow.integrators.multi`: one batched QR per group of equal
+        shapes instead of one per layer and mode; the same iterates as the
+        per-layer functions); layers with core and factor gradients are augmented
+        one by one.
         """
+        steps: list[Any] = [None] * len(layers)
+        batched: dict[str, list[tuple[int, Any, Any, Any]]] = {}
+        for index, (layer, gradients) in enumerate(layers):
+            if "weight" not in gradients:
+                steps[index] = self._augment(group, layer, gradients)
+                continue
+            tucker, gradients, state = self._prepare(group, layer, gradients)
+            grad = gradients["weight"]
+            if group["weight_decay"]:
+                grad = grad + group["weight_decay"] * reconstruct(
+                    tucker.core, tucker.factors
+                )
+            method = self._method(group, layer)
+            batched.setdefault(method, []).append((index, tucker, grad, state))
+        for method, items in batched.items():
+            augment = (
+                tdlrt_augment_multi if method == "tdlrt" else parallel_augment_multi
+            )
+            states = [state for *_, state in items]
+            with tf.use_backend("pytorch"):
+                results = augment(
+                    [tucker.core for _, tucker, _, _ in items],
+                    [tucker.factors for _, tucker, _, _ in items],
+                    [grad for _, _, grad, _ in items],
+                    group["lr"],
+                    None if states[0] is None else states,
+                )
+            for (index, *_), augmented in zip(items, results):
+                steps[index] = augmented
+        return [
+            (group, layer, augmented) for (layer, _), augmented in zip(layers, steps)
+        ]
+
+    def _prepare(self, group, layer: TuckerLayer, gradients):
+        """The layer's point, gradients and optimizer state in its compute dtype."""
         compute = factorization_dtype(layer.core.dtype)
         tucker = layer.tucker()
         if tucker.core.dtype != compute:
@@ -876,10 +927,21 @@ class TDLRT(torch.optim.Optimizer):
             )
             for key, value in gradients.items()
         }
+        with tf.use_backend("pytorch"):
+            state = self._core_state(group, layer, tucker)
+        return tucker, gradients, state
+
+    def _augment(self, group, layer: TuckerLayer, gradients) -> AugmentedStep:
+        """Steps 1-5 of one layer's update (everything but the truncation).
+
+        Computed in :func:`~tuckerflow.nn.layers.factorization_dtype` of the layer
+        (float32 for float16/bfloat16 layers, whatever dtype the gradient has);
+        :meth:`TuckerLayer.set_tucker` stores the result in the layer's dtype.
+        """
+        tucker, gradients, state = self._prepare(group, layer, gradients)
         decay = group["weight_decay"]
         lr = group["lr"]
         with tf.use_backend("pytorch"):
-            state = self._core_state(group, layer, tucker)
             if "weight" in gradients:
                 grad = gradients["weight"]
                 if decay:
