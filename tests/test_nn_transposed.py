@@ -117,7 +117,7 @@ def test_from_dense_round_trip_and_checkpoint():
     error = (coarse.weight - dense.weight).norm() / dense.weight.norm()
     assert error <= 0.3 and coarse.rank[2:] == (3, 3)
     # back to a dense layer (merge_adapters' path)
-    from tuckerflow.nn._build import build_like
+    from tuckerflow.nn.layers import build_like
 
     back = build_like(nn.ConvTranspose2d, tucker, dtype=D)
     with torch.no_grad():

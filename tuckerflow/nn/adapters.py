@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from ._build import build_like
 from .attention import TuckerMultiheadAttention
 from .convert import (
     _check_ties,
@@ -26,7 +25,7 @@ from .convert import (
     _unique_modules,
     stored_parameter_count,
 )
-from .layers import TuckerLayer
+from .layers import TuckerLayer, build_like
 from .registry import dense_type_of
 
 __all__ = ["add_tucker_adapters", "merge_adapters", "trainable_parameters"]

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._build import initial_rank
-from .layers import TuckerLayer, TuckerLinear
+from .layers import TuckerLayer, TuckerLinear, initial_rank
 
 __all__ = ["TuckerMultiheadAttention"]
 

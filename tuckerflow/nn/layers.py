@@ -1519,27 +1519,18 @@ DENSE_TO_TUCKER = {
 }
 
 
-def _from_dense(cls, module, rank, tol, options):
-    expected = next(dense for dense, tucker in DENSE_TO_TUCKER.items() if tucker is cls)
+def _from_dense(cls, module, rank, tol, options, expected=None):
+    """``cls`` initialised by the HOSVD of ``module.weight`` (an ``expected``
+    instance: by default the dense type ``DENSE_TO_TUCKER`` maps to ``cls``)."""
+    if expected is None:
+        expected = next(d for d, tucker in DENSE_TO_TUCKER.items() if tucker is cls)
     if not isinstance(module, expected):
         raise TypeError(
             f"{cls.__name__}.from_dense needs a {expected.__name__}, "
             f"got {type(module).__name__}"
         )
-    if rank is not None and tol is not None:
-        raise ValueError("give either rank or tol, not both")
     weight = module.weight.detach()
-    adaptive = options.get("adaptive_modes")
-    adaptive = (0, 1) if adaptive is None else tuple(adaptive)
-    if tol is not None:
-        with tf.use_backend("pytorch"):
-            fixed = tuple(
-                weight.shape[m] if m not in adaptive else 1 for m in range(weight.dim())
-            )
-            tucker = tf.hosvd(
-                weight.to(factorization_dtype(weight.dtype)), tol=tol, min_rank=fixed
-            )
-        rank = tucker.rank
+    rank = initial_rank(weight, rank, tol, options.get("adaptive_modes"))
     kwargs = dict(
         rank=rank,
         device=weight.device,
@@ -1550,8 +1541,39 @@ def _from_dense(cls, module, rank, tol, options):
     return build_like(cls, module, **kwargs)
 
 
+def initial_rank(
+    weight: torch.Tensor,
+    rank: Any,
+    tol: float | None,
+    adaptive_modes: Sequence[int] | None,
+) -> Any:
+    """The initial rank of a layer built from ``weight`` (the rule of ``from_dense``).
+
+    ``rank`` as given, or, with ``tol``, the ranks of the HOSVD of ``weight`` (in
+    :func:`factorization_dtype`) at relative tolerance ``tol`` on the adaptive modes
+    (default ``(0, 1)``); fixed modes keep full rank.
+
+    Raises
+    ------
+    ValueError
+        If both ``rank`` and ``tol`` are given.
+    """
+    if rank is not None and tol is not None:
+        raise ValueError("give either rank or tol, not both")
+    if tol is None:
+        return rank
+    adaptive = (0, 1) if adaptive_modes is None else tuple(adaptive_modes)
+    weight = weight.detach().to(factorization_dtype(weight.dtype))
+    with tf.use_backend("pytorch"):
+        fixed = tuple(
+            weight.shape[m] if m not in adaptive else 1 for m in range(weight.dim())
+        )
+        return tf.hosvd(weight, tol=tol, min_rank=fixed).rank
+
+
 def build_like(cls: type[nn.Module], module: nn.Module, **kwargs: Any) -> nn.Module:
-    """Construct ``cls`` with the shape hyper-parameters of a Linear/ConvNd ``module``.
+    """Construct ``cls`` with the shape hyper-parameters of a Linear/ConvNd/
+    ConvTransposeNd ``module``.
 
     Works between dense and Tucker layers in either direction; the bias (if any) is
     copied, everything else comes from ``kwargs``.
@@ -1560,6 +1582,8 @@ def build_like(cls: type[nn.Module], module: nn.Module, **kwargs: Any) -> nn.Mod
     if hasattr(module, "in_features"):
         layer = cls(module.in_features, module.out_features, bias, **kwargs)
     else:
+        if getattr(module, "transposed", False):
+            kwargs = {"output_padding": module.output_padding, **kwargs}
         layer = cls(
             module.in_channels,
             module.out_channels,

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _ntuple
 
-from ._build import build_like, initial_rank
-from .layers import TuckerLayer, autocast_off
+from .layers import TuckerLayer, _from_dense, autocast_off
 
 __all__ = ["TuckerConvTranspose1d", "TuckerConvTranspose2d", "TuckerConvTranspose3d"]
 
@@ -363,23 +362,7 @@ class _TuckerConvTransposeNd(TuckerLayer):
            "Geometry-aware training of factorized layers in tensor Tucker format",
            NeurIPS 2024.
         """
-        expected = _DENSE[cls.spatial_dims]
-        if not isinstance(conv, expected):
-            raise TypeError(
-                f"{cls.__name__}.from_dense needs a {expected.__name__}, "
-                f"got {type(conv).__name__}"
-            )
-        weight = conv.weight.detach()
-        rank = initial_rank(weight, rank, tol, options.get("adaptive_modes"))
-        return build_like(
-            cls,
-            conv,
-            rank=rank,
-            device=weight.device,
-            dtype=weight.dtype,
-            init_weight=weight,
-            **options,
-        )
+        return _from_dense(cls, conv, rank, tol, options, _DENSE[cls.spatial_dims])
 
 
 class TuckerConvTranspose1d(_TuckerConvTransposeNd):
