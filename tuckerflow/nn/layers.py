@@ -336,6 +336,31 @@ class TuckerLayer(nn.Module):
                 "itself"
             )
 
+    def _default_init(self, weight: torch.Tensor) -> None:
+        """PyTorch's default initialisation of a Linear/Conv weight (for
+        ``init="random"`` and a layer built without ``init_weight``)."""
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+    def _setup_bias_and_offset(
+        self,
+        bias: bool,
+        size: int,
+        fan_in: int,
+        offset: torch.Tensor | None,
+        factory: dict[str, Any],
+    ) -> None:
+        """``bias`` (``size`` entries, PyTorch's uniform initialisation for
+        ``fan_in``) and the frozen ``offset`` buffer of adapters."""
+        if bias:
+            bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+            self.bias = nn.Parameter(torch.empty(size, **factory))
+            nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            self.register_parameter("bias", None)
+        self.register_buffer(
+            "offset", None if offset is None else offset.detach().clone()
+        )
+
     def _setup_tucker(
         self,
         weight_shape: tuple[int, ...],
@@ -952,18 +977,9 @@ class TuckerLinear(TuckerLayer):
             zero_core=zero_core,
             **factory,
         )
-        if bias:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features else 0.0
-            self.bias = nn.Parameter(torch.empty(self.out_features, **factory))
-            nn.init.uniform_(self.bias, -bound, bound)
-        else:
-            self.register_parameter("bias", None)
-        self.register_buffer(
-            "offset", None if offset is None else offset.detach().clone()
+        self._setup_bias_and_offset(
+            bias, self.out_features, self.in_features, offset, factory
         )
-
-    def _default_init(self, weight: torch.Tensor) -> None:
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x W^T + b`` (plus ``x offset^T`` for an adapter).
@@ -1132,19 +1148,8 @@ class _TuckerConvNd(TuckerLayer):
             zero_core=zero_core,
             **factory,
         )
-        if bias:
-            fan_in = (in_channels // groups) * math.prod(self.kernel_size)
-            bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
-            nn.init.uniform_(self.bias, -bound, bound)
-        else:
-            self.register_parameter("bias", None)
-        self.register_buffer(
-            "offset", None if offset is None else offset.detach().clone()
-        )
-
-    def _default_init(self, weight: torch.Tensor) -> None:
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        fan_in = (in_channels // groups) * math.prod(self.kernel_size)
+        self._setup_bias_and_offset(bias, out_channels, fan_in, offset, factory)
 
     def _conv(self, x, weight, bias, *, stride, padding, dilation, groups, pad=True):
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.spatial_dims - 1]

@@ -151,20 +151,9 @@ class _TuckerConvTransposeNd(TuckerLayer):
             zero_core=zero_core,
             **factory,
         )
-        if bias:
-            # nn.ConvTransposeNd's fan-in: weight.size(1) * kernel volume
-            fan_in = (out_channels // groups) * math.prod(self.kernel_size)
-            bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
-            nn.init.uniform_(self.bias, -bound, bound)
-        else:
-            self.register_parameter("bias", None)
-        self.register_buffer(
-            "offset", None if offset is None else offset.detach().clone()
-        )
-
-    def _default_init(self, weight: torch.Tensor) -> None:
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        # nn.ConvTransposeNd's fan-in: weight.size(1) * kernel volume
+        fan_in = (out_channels // groups) * math.prod(self.kernel_size)
+        self._setup_bias_and_offset(bias, out_channels, fan_in, offset, factory)
 
     def _output_padding(
         self, x: torch.Tensor, output_size: Sequence[int] | None
