@@ -84,6 +84,16 @@ class Clock:
         if self.elapsed() > self.cap:
             raise Reached
 
+    def row(self, iterations: int | None, rank: Any) -> dict[str, Any]:
+        """The result columns of one run."""
+        return {
+            "seconds": self.hit,
+            "iterations": iterations,
+            "evaluations": self.evaluations,
+            "best_error": self.best,
+            "final_rank": str(tuple(rank)),
+        }
+
 
 # ---------------------------------------------------------------- problems
 
@@ -175,13 +185,7 @@ def run_tuckerflow(problem, start_rank, cap, **options) -> dict[str, Any]:
             raise
     except Reached:
         ranks = start_rank
-    return {
-        "seconds": clock.hit,
-        "iterations": steps,
-        "evaluations": clock.evaluations,
-        "best_error": clock.best,
-        "final_rank": str(tuple(ranks)),
-    }
+    return clock.row(steps, ranks)
 
 
 # ---------------------------------------------------------------- tucker-riemopt
@@ -233,13 +237,7 @@ def run_tucker_riemopt(problem, rank, cap, *, armijo: bool) -> dict[str, Any]:
             iterations += 1
     except Reached:
         pass
-    return {
-        "seconds": clock.hit,
-        "iterations": iterations,
-        "evaluations": clock.evaluations,
-        "best_error": clock.best,
-        "final_rank": str(tuple(rank)),
-    }
+    return clock.row(iterations, rank)
 
 
 # ---------------------------------------------------------------- pymanopt
@@ -281,13 +279,7 @@ def run_pymanopt(problem, rank, cap, *, optimizer: str) -> dict[str, Any]:
         iterations = result.iterations
     except Reached:
         iterations = None
-    return {
-        "seconds": clock.hit,
-        "iterations": iterations,
-        "evaluations": clock.evaluations,
-        "best_error": clock.best,
-        "final_rank": str(tuple(rank)),
-    }
+    return clock.row(iterations, rank)
 
 
 # ---------------------------------------------------------------- main
