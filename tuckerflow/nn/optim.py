@@ -59,14 +59,12 @@ from tuckerflow.integrators import Adam, Momentum
 from tuckerflow.integrators._blocks import AugmentedStep
 from tuckerflow.integrators.bug import (
     parallel_augment_from_factor_gradients,
-    parallel_augment_unchecked,
 )
 from tuckerflow.integrators.multi import (
     decompose_multi,
     parallel_augment_multi,
     tdlrt_augment_multi,
 )
-from tuckerflow.integrators.tdlrt import tdlrt_augment_unchecked
 from tuckerflow.profiling import phase
 from tuckerflow.ranks import (
     GLOBAL_CRITERIA,
@@ -882,7 +880,9 @@ class TDLRT(torch.optim.Optimizer):
         batched: dict[str, list[tuple[int, Any, Any, Any]]] = {}
         for index, (layer, gradients) in enumerate(layers):
             if "weight" not in gradients:
-                steps[index] = self._augment(group, layer, gradients)
+                steps[index] = self._augment_from_factor_gradients(
+                    group, layer, gradients
+                )
                 continue
             tucker, gradients, state = self._prepare(group, layer, gradients)
             grad = gradients["weight"]
@@ -931,8 +931,11 @@ class TDLRT(torch.optim.Optimizer):
             state = self._core_state(group, layer, tucker)
         return tucker, gradients, state
 
-    def _augment(self, group, layer: TuckerLayer, gradients) -> AugmentedStep:
-        """Steps 1-5 of one layer's update (everything but the truncation).
+    def _augment_from_factor_gradients(
+        self, group, layer: TuckerLayer, gradients
+    ) -> AugmentedStep:
+        """Steps 1-5 of a factorized layer's update (parallel BUG from its core and
+        factor gradients), everything but the truncation.
 
         Computed in :func:`~tuckerflow.nn.layers.factorization_dtype` of the layer
         (float32 for float16/bfloat16 layers, whatever dtype the gradient has);
@@ -940,21 +943,8 @@ class TDLRT(torch.optim.Optimizer):
         """
         tucker, gradients, state = self._prepare(group, layer, gradients)
         decay = group["weight_decay"]
-        lr = group["lr"]
+        core_grad, factor_grads = gradients["core"], gradients["factors"]
         with tf.use_backend("pytorch"):
-            if "weight" in gradients:
-                grad = gradients["weight"]
-                if decay:
-                    grad = grad + decay * reconstruct(tucker.core, tucker.factors)
-                # unchecked: layer points are orthonormal by construction, the rule
-                # was validated when the group was added, the gradient by _non_finite
-                augment = (
-                    tdlrt_augment_unchecked
-                    if self._method(group, layer) == "tdlrt"
-                    else parallel_augment_unchecked
-                )
-                return augment(tucker.core, tucker.factors, grad, lr, state=state)
-            core_grad, factor_grads = gradients["core"], gradients["factors"]
             if decay:
                 core_grad = core_grad + decay * tucker.core
                 factor_grads = [
@@ -966,7 +956,7 @@ class TDLRT(torch.optim.Optimizer):
                 tucker.factors,
                 core_grad,
                 factor_grads,
-                lr,
+                group["lr"],
                 rcond=group["rcond"],
                 state=state,
             )
