@@ -122,6 +122,23 @@ def reparametrize(core: Any, mode: int) -> tuple[Any, Any]:
     return q, tl.transpose(r)
 
 
+def is_full_rank(factor: Any) -> bool:
+    """Whether a factor is square (``n_i == r_i``): its basis spans the whole mode, so
+    the mode takes no K-step and its basis cannot grow."""
+    rows, cols = tl.shape(factor)
+    return rows == cols
+
+
+def adaptive_reparametrizations(core: Any, factors: Sequence[Any]) -> list[Any]:
+    """:func:`reparametrize` of every mode that takes a K-step; ``None`` for full-rank
+    modes (the truncation computes their ``Q`` only if it must move their optimizer
+    state)."""
+    return [
+        None if is_full_rank(factor) else reparametrize(core, mode)
+        for mode, factor in enumerate(factors)
+    ]
+
+
 def lift(core: Any, embeddings: Sequence[Any]) -> Any:
     """``C ×_i (Uhat_i^T U_i)``: the same tensor written in the augmented bases.
 
@@ -305,10 +322,7 @@ def truncate_step(
     pinned = pinned_modes(
         dims, tucker_shape(bases), rank=None, min_rank=min_rank, max_rank=max_rank
     )
-    idle = [
-        p and tl.shape(f)[0] == tl.shape(f)[1]
-        for p, f in zip(pinned, old_factors, strict=True)
-    ]
+    idle = [p and is_full_rank(f) for p, f in zip(pinned, old_factors, strict=True)]
     new_q = [
         None if idle[mode] else reparametrize(result.core, mode)[0]
         for mode in range(len(bases))

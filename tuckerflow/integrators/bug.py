@@ -24,6 +24,7 @@ from ..linalg import augment_basis, orthonormal_basis, reciprocal_above, thin_sv
 from ..profiling import phase
 from ._blocks import (
     AugmentedStep,
+    adaptive_reparametrizations,
     augmented_dims,
     check_gradient,
     check_rule,
@@ -411,17 +412,6 @@ def _parallel_augment(
     )
 
 
-def _needed_reparams(core: Any, factors: Sequence[Any], with_state: bool) -> list[Any]:
-    """QR reparametrizations; square (full-rank) modes take no K-step and need none
-    (the truncation computes the ``Q`` of such a mode when it must move its state)."""
-    return [
-        reparametrize(core, mode)
-        if with_state or tl.shape(f)[0] != tl.shape(f)[1]
-        else None
-        for mode, f in enumerate(factors)
-    ]
-
-
 def _k_gradients(core, factors, factor_grads, reparams, rcond):
     eps = float(tl.finfo(core.dtype).eps)
     cutoff_ratio = eps**0.5 if rcond is None else float(rcond)
@@ -458,7 +448,7 @@ def parallel_augment_from_factor_gradients(
     reparametrizations between the K-gradient solve and the update. Public callers use
     :func:`k_gradients_from_factor_gradients` and :func:`parallel_bug_update`.
     """
-    reparams = _needed_reparams(core, factors, False)
+    reparams = adaptive_reparametrizations(core, factors)
     k_grads = _k_gradients(core, factors, factor_grads, reparams, rcond)
     return _parallel_augment(
         core, factors, reparams, core_grad, k_grads, lr, state=state
@@ -477,7 +467,7 @@ def parallel_augment_unchecked(
     input validation (the PyTorch optimizer's path for dense layers; its gradients
     are checked for NaN and Inf before). Full-rank modes get no reparametrization,
     K-step or QR."""
-    reparams = _needed_reparams(core, factors, False)
+    reparams = adaptive_reparametrizations(core, factors)
     contractions = GradientContractions(grad, factors)
     k_grads = [
         None

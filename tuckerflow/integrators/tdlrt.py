@@ -17,9 +17,11 @@ from ..linalg import augment_basis
 from ..profiling import phase
 from ._blocks import (
     AugmentedStep,
+    adaptive_reparametrizations,
     augmented_dims,
     check_rule,
     check_step_inputs,
+    is_full_rank,
     lift,
     reparametrize,
     single_new_blocks,
@@ -180,12 +182,7 @@ def tdlrt_augment_unchecked(
     checked for NaN and Inf before (no check here, no host synchronization).
     Full-rank modes (``n_i == r_i``) get no reparametrization, K-step or QR."""
     with phase("augmentation"):
-        # a full-rank mode takes no K-step: no reparametrization (the truncation
-        # computes its Q only if it must move that mode's optimizer state)
-        reparams = [
-            None if _is_square(factor) else reparametrize(core, mode)
-            for mode, factor in enumerate(factors)
-        ]
+        reparams = adaptive_reparametrizations(core, factors)
     return _tdlrt_augment(
         core, factors, reparams, grad, lr, state=state, check_finite=False
     )
@@ -214,7 +211,7 @@ def _tdlrt_augment(
             contractions.check_finite("grad")
         k_grads = [
             None
-            if reparam is None or _is_square(factors[mode])  # full rank: no K-step
+            if reparam is None or is_full_rank(factors[mode])  # full rank: no K-step
             else tl.dot(contractions.unfolded_partial(mode), reparam[0])  # dL/dK_i
             for mode, reparam in enumerate(reparams)
         ]
@@ -224,7 +221,7 @@ def _tdlrt_augment(
         memory = None if state is None else state.basis_memory()
         bases, embeddings = [], []
         for mode, (factor, k_grad) in enumerate(zip(factors, k_grads, strict=True)):
-            if _is_square(factor):  # U_i spans everything: nothing to add
+            if is_full_rank(factor):  # U_i spans everything: nothing to add
                 bases.append(factor)
                 embeddings.append(tl.dot(tl.transpose(factor), factor))
                 continue
@@ -262,8 +259,3 @@ def _tdlrt_augment(
         None if state is None else [None if r is None else r[0] for r in reparams],
         old_core=core,
     )
-
-
-def _is_square(factor: Any) -> bool:
-    rows, cols = tl.shape(factor)
-    return rows == cols
