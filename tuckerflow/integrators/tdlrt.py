@@ -12,9 +12,9 @@ import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
 from ..contractions import GradientContractions
-from ..hosvd import RankSpec
 from ..linalg import augment_basis
 from ..profiling import phase
+from ..ranks import RankRule, RankSpec, rule_from_keywords
 from ._blocks import (
     AugmentedStep,
     adaptive_reparametrizations,
@@ -31,6 +31,7 @@ from .state import OptimizerState
 __all__ = ["tdlrt_step"]
 
 
+@rule_from_keywords
 def tdlrt_step(
     tucker: Any,
     grad: Any,
@@ -43,6 +44,7 @@ def tdlrt_step(
     rank: RankSpec = None,
     budget: int | None = None,
     state: OptimizerState | None = None,
+    rule: RankRule | None = None,
 ) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
     """One rank-adaptive TDLRT step [1]_ from the Euclidean gradient at the point.
 
@@ -93,6 +95,10 @@ def tdlrt_step(
         :meth:`Adam.init`, or the state returned by the previous step); the K and core
         updates then use its directions. The state is carried into the new bases (see
         :mod:`tuckerflow.integrators.state`).
+    rule : RankRule, optional
+        ``rank``, ``tol``, ``relative``, ``min_rank``, ``max_rank`` and ``budget`` as
+        one value (:class:`tuckerflow.RankRule`); with ``rule`` they keep their
+        defaults.
 
     Returns
     -------
@@ -111,14 +117,15 @@ def tdlrt_step(
         to the point's; if ``lr`` is not a real number; if ``state`` is not a
         Momentum or Adam state (or its buffers are not tensors); if ``rank``,
         ``min_rank`` or ``max_rank`` is not an int or a sequence of ints, ``tol`` not
-        a real number, or ``budget`` not an int.
+        a real number, ``budget`` not an int, or ``rule`` not a RankRule.
     ValueError
         If ``tucker`` is malformed (core with fewer than 2 modes, not one factor per
         mode, mismatched shapes, NaN or Inf entries) or its factors are not
         orthonormal; if ``grad`` does not have the shape ``(n_1, ..., n_d)`` or holds
         NaN or Inf; if ``lr`` is not finite and positive; if the buffers of ``state``
         do not match the point's shapes (a state of another point); if not exactly
-        one of ``tol``, ``rank`` and ``budget`` is given; if ``rank[i]`` is below 1
+        one of ``tol``, ``rank`` and ``budget`` is given, or ``rule`` with any of the
+        rule keywords; if ``rank[i]`` is below 1
         or above what one step can reach (see ``rank``); if ``min_rank`` or
         ``max_rank`` is out of range or ``min_rank > max_rank``; if ``tol`` is not
         finite, outside ``[0, 1)`` with ``relative=True``, or negative; if ``budget``
@@ -141,31 +148,9 @@ def tdlrt_step(
     # reparametrizations first: they fix the augmented sizes for validating the rule
     with phase("augmentation"):
         reparams = [reparametrize(core, mode) for mode in range(order)]
-    tol = check_rule(
-        core,
-        factors,
-        augmented_dims(factors, [tl.shape(q)[1] for q, _ in reparams]),
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-    )
-    return _tdlrt_update(
-        core,
-        factors,
-        reparams,
-        grad,
-        lr,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-        state=state,
-    )
+    dims = augmented_dims(factors, [tl.shape(q)[1] for q, _ in reparams])
+    rule = check_rule(core, factors, dims, rule)
+    return _tdlrt_update(core, factors, reparams, grad, lr, rule, state=state)
 
 
 def tdlrt_augment_unchecked(
@@ -188,12 +173,12 @@ def tdlrt_augment_unchecked(
     )
 
 
-def _tdlrt_update(core, factors, reparams, grad, lr, *, state, **rule):
+def _tdlrt_update(core, factors, reparams, grad, lr, rule, *, state):
     """Steps 1-6 of :func:`tdlrt_step` on validated inputs."""
     augmented = _tdlrt_augment(core, factors, reparams, grad, lr, state=state)
     # 6. truncate the small augmented core
     with phase("truncation"):
-        return augmented.finish(**rule)
+        return augmented.finish(rule=rule)
 
 
 def _tdlrt_augment(
