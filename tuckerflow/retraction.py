@@ -23,6 +23,41 @@ from .tangent import TangentVector, _check_tangent
 __all__ = ["retract", "augmented_sum"]
 
 
+def augmented_dims(factors: Sequence[Any], k_ranks: Sequence[int]) -> tuple[int, ...]:
+    """Column counts of ``orth([U_i, K_i])``: ``min(n_i, r_i + k_i)``."""
+    return tuple(
+        min(tl.shape(f)[0], tl.shape(f)[1] + k)
+        for f, k in zip(factors, k_ranks, strict=True)
+    )
+
+
+def augment_bases(
+    factors: Sequence[Any], directions: Sequence[Any | None]
+) -> tuple[list[Any], list[Any]]:
+    """Augmented bases ``Uhat_i = orth([U_i, directions[i]])`` and embeddings
+    ``E_i = Uhat_i^T U_i``.
+
+    ``Uhat_i`` starts with ``U_i`` (:func:`~tuckerflow.linalg.augment_basis`), so
+    ``E_i = [I; 0]`` up to rounding. A None direction keeps ``Uhat_i = U_i`` (a mode
+    that takes no K-step, e.g. one whose basis spans the whole mode).
+    """
+    bases = [
+        factor if direction is None else augment_basis(factor, direction)
+        for factor, direction in zip(factors, directions, strict=True)
+    ]
+    embeddings = [tl.dot(tl.transpose(b), f) for b, f in zip(bases, factors)]
+    return bases, embeddings
+
+
+def lift(core: Any, embeddings: Sequence[Any]) -> Any:
+    """``C ×_i (Uhat_i^T U_i)``: the same tensor written in the augmented bases.
+
+    ``Uhat_i`` contains ``U_i``, so ``lift(C) ×_i Uhat_i == C ×_i U_i`` up to rounding
+    (the embeddings are ``[R11; 0]`` with ``R11`` the identity up to rounding).
+    """
+    return tl.tenalg.multi_mode_dot(core, embeddings)
+
+
 def augmented_sum(
     core: Any, factors: Sequence[Any], tangent: TangentVector
 ) -> tuple[Any, list[Any]]:
@@ -54,12 +89,11 @@ def augmented_sum(
     bases : list of tensors of shape (n_i, rhat_i)
         ``Uhat_i``, orthonormal, first columns spanning ``U_i``.
     """
-    bases = [augment_basis(u, du) for u, du in zip(factors, tangent.factors)]
-    embed = [tl.dot(tl.transpose(b), u) for b, u in zip(bases, factors)]
+    bases, embed = augment_bases(factors, tangent.factors)
     coefficients = [
         tl.dot(tl.transpose(b), du) for b, du in zip(bases, tangent.factors)
     ]
-    augmented = tl.tenalg.multi_mode_dot(core + tangent.core, embed)
+    augmented = lift(core + tangent.core, embed)
     for mode, coefficient in enumerate(coefficients):
         matrices = list(embed)
         matrices[mode] = coefficient
@@ -161,7 +195,7 @@ def retraction_rule(core: Any, factors: Sequence[Any], rule: RankRule) -> RankRu
     current = tuple(tl.shape(core))
     if rule.kind is None:
         rule = dataclasses.replace(rule, rank=current)
-    dims = tuple(min(n, 2 * r) for n, r in zip(tucker_shape(factors), current))
+    dims = augmented_dims(factors, current)  # dU_i has r_i columns
     return rule.check(dims, tucker_shape(factors), augmented_from=current)
 
 

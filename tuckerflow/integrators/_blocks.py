@@ -1,5 +1,8 @@
-"""Pieces shared by the integrators: input checks, the QR reparametrization, the lift,
-and the final truncation that also carries optimizer state into the new bases."""
+"""Pieces shared by the integrators: input checks, the K-step reparametrizations, the
+new-direction blocks, and the final truncation that also carries optimizer state into
+the new bases. The geometry they build on (:func:`~tuckerflow.tangent.reparametrize`,
+:func:`~tuckerflow.retraction.augment_bases`, :func:`~tuckerflow.retraction.lift`) is
+the core's."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from tensorly.tucker_tensor import TuckerTensor
 from .._checks import check_dense, check_positive, check_tucker, tucker_shape
 from ..backend import plain_context
 from ..hosvd import decompose_core, truncate_core
-from ..linalg import thin_qr
 from ..ranks import RankRule, RankSpec, rule_from_keywords
+from ..retraction import lift  # noqa: F401  (moved to the core; old import path)
+from ..tangent import reparametrize
 from .state import OptimizerState, k_coordinate_change
 
 
@@ -78,26 +82,6 @@ def check_rule(
     )
 
 
-def augmented_dims(factors: Sequence[Any], k_ranks: Sequence[int]) -> tuple[int, ...]:
-    """Column counts of ``orth([U_i, K_i])``: ``min(n_i, r_i + k_i)``."""
-    return tuple(
-        min(tl.shape(f)[0], tl.shape(f)[1] + k)
-        for f, k in zip(factors, k_ranks, strict=True)
-    )
-
-
-def reparametrize(core: Any, mode: int) -> tuple[Any, Any]:
-    """QR of the transposed core unfolding: ``unfold(C, i)^T = Q_i S_i^T``.
-
-    Returns ``(Q_i, S_i)`` with ``Q_i`` orthonormal (``prod_{j != i} r_j x k``) and
-    ``S_i`` (``r_i x k``), ``k = min(r_i, prod_{j != i} r_j)``. Then
-    ``unfold(Y, i) = (U_i S_i) V_i^T`` with ``V_i = (kron_{j != i} U_j) Q_i``. No
-    inverse of ``S_i`` is ever needed.
-    """
-    q, r = thin_qr(tl.transpose(tl.unfold(core, mode)))
-    return q, tl.transpose(r)
-
-
 def is_full_rank(factor: Any) -> bool:
     """Whether a factor is square (``n_i == r_i``): its basis spans the whole mode, so
     the mode takes no K-step and its basis cannot grow."""
@@ -113,15 +97,6 @@ def adaptive_reparametrizations(core: Any, factors: Sequence[Any]) -> list[Any]:
         None if is_full_rank(factor) else reparametrize(core, mode)
         for mode, factor in enumerate(factors)
     ]
-
-
-def lift(core: Any, embeddings: Sequence[Any]) -> Any:
-    """``C ×_i (Uhat_i^T U_i)``: the same tensor written in the augmented bases.
-
-    ``Uhat_i`` contains ``U_i``, so ``lift(C) ×_i Uhat_i == C ×_i U_i`` up to rounding
-    (the embeddings are ``[R11; 0]`` with ``R11`` the identity up to rounding).
-    """
-    return tl.tenalg.multi_mode_dot(core, embeddings)
 
 
 def single_new_blocks(

@@ -29,17 +29,11 @@ from tensorly.tucker_tensor import TuckerTensor
 
 from ..backend import plain_context
 from ..contractions import GradientContractions
-from ..linalg import augment_basis, mode_product, thin_qr
+from ..linalg import mode_product, thin_qr
 from ..ranks import RankRule, as_rank_rule
-from ..tangent import project_unchecked, projected_norm
-from ._blocks import (
-    AugmentedStep,
-    augmented_dims,
-    check_rule,
-    check_step_inputs,
-    lift,
-    reparametrize,
-)
+from ..retraction import augment_bases, augmented_dims, lift
+from ..tangent import project_unchecked, projected_norm, reparametrize
+from ._blocks import AugmentedStep, check_rule, check_step_inputs, is_full_rank
 from .bug import bug_step, parallel_bug_update
 from .rgd import check_rgd_rule, rgd_retract
 
@@ -316,15 +310,11 @@ def _prepare_tdlrt(frame, contractions, gradient, rule, adaptive) -> Prepared:
     ``[U_i, dL/dK_i]`` whatever ``h``)."""
     core, factors = frame.core, frame.factors
     rule = _check_rule(frame, rule)
-    bases, embeddings = [], []
-    for mode, (factor, q) in enumerate(zip(factors, frame.qs, strict=True)):
-        rows, cols = tl.shape(factor)
-        if rows == cols:
-            bases.append(factor)
-        else:
-            k_grad = tl.dot(contractions.unfolded_partial(mode), q)
-            bases.append(augment_basis(factor, k_grad))
-        embeddings.append(tl.dot(tl.transpose(bases[-1]), factor))
+    k_grads = [
+        None if is_full_rank(factor) else tl.dot(contractions.unfolded_partial(mode), q)
+        for mode, (factor, q) in enumerate(zip(factors, frame.qs, strict=True))
+    ]
+    bases, embeddings = augment_bases(factors, k_grads)
     lifted = lift(core, embeddings)
     galerkin = contractions.galerkin(bases, embeddings)
 

@@ -22,16 +22,16 @@ from ..contractions import GradientContractions
 from ..linalg import augment_basis, orthonormal_basis, reciprocal_above, thin_svd
 from ..profiling import phase
 from ..ranks import RankRule, RankSpec, rule_from_keywords
+from ..retraction import augment_bases, augmented_dims, lift
+from ..tangent import reparametrize
 from ._blocks import (
     AugmentedStep,
     adaptive_reparametrizations,
-    augmented_dims,
     check_gradient,
     check_rule,
     check_state,
     check_step_inputs,
-    lift,
-    reparametrize,
+    is_full_rank,
     single_new_blocks,
 )
 from .state import OptimizerState
@@ -350,21 +350,19 @@ def _parallel_augment(
         updated = core - lr * direction
 
     with phase("augmentation"):
-        bases, embeddings, new_directions = [], [], []
+        k_directions, new_directions = [], []
         for mode, (factor, k_grad) in enumerate(zip(factors, k_grads, strict=True)):
-            if tl.shape(factor)[0] == tl.shape(factor)[1]:  # U_i spans everything
-                bases.append(factor)
-                embeddings.append(tl.dot(tl.transpose(factor), factor))
+            if is_full_rank(factor):  # U_i spans everything
+                k_directions.append(None)
                 new_directions.append(None)
                 continue
             k_direction = k_grad
             if state is not None:
                 k_direction, state = state.basis_direction(mode, k_grad)
-            basis = augment_basis(factor, k_direction)  # [U_i, Utilde_i]
-            bases.append(basis)
-            embeddings.append(tl.dot(tl.transpose(basis), factor))
+            k_directions.append(k_direction)
             # Utilde_i^T K_i1 = -lr Utilde_i^T direction (Utilde_i is orthogonal to U_i)
             new_directions.append(-lr * k_direction)
+        bases, embeddings = augment_bases(factors, k_directions)  # [U_i, Utilde_i]
 
     with phase("core step"):
         augmented = lift(updated, embeddings)

@@ -12,18 +12,16 @@ import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
 from ..contractions import GradientContractions
-from ..linalg import augment_basis
 from ..profiling import phase
 from ..ranks import RankRule, RankSpec, rule_from_keywords
+from ..retraction import augment_bases, augmented_dims, lift
+from ..tangent import reparametrize
 from ._blocks import (
     AugmentedStep,
     adaptive_reparametrizations,
-    augmented_dims,
     check_rule,
     check_step_inputs,
     is_full_rank,
-    lift,
-    reparametrize,
     single_new_blocks,
 )
 from .state import OptimizerState
@@ -204,18 +202,16 @@ def _tdlrt_augment(
     # 2-3. K-steps and augmented bases, mode by mode
     with phase("augmentation"):
         memory = None if state is None else state.basis_memory()
-        bases, embeddings = [], []
+        directions = []
         for mode, (factor, k_grad) in enumerate(zip(factors, k_grads, strict=True)):
             if is_full_rank(factor):  # U_i spans everything: nothing to add
-                bases.append(factor)
-                embeddings.append(tl.dot(tl.transpose(factor), factor))
+                directions.append(None)
                 continue
             direction = k_grad
             if state is not None:
                 direction, state = state.basis_direction(mode, k_grad)
-            basis = augment_basis(factor, direction)  # orth([U_i, K_i1])
-            bases.append(basis)
-            embeddings.append(tl.dot(tl.transpose(basis), factor))
+            directions.append(direction)
+        bases, embeddings = augment_bases(factors, directions)  # orth([U_i, K_i1])
 
     # 4. lift the core (and the optimizer state) into the augmented bases
     with phase("core step"):
