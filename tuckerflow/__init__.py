@@ -24,7 +24,7 @@ from .integrators import (
 )
 from .linalg import host_factorizations, set_host_factorizations
 from .random import random_tucker
-from .ranks import parameter_count
+from .ranks import RankRule, parameter_count
 from .retraction import retract
 from .tangent import (
     TangentVector,
@@ -43,6 +43,7 @@ __all__ = [
     "IntegrationError",
     "IntegrationResult",
     "Momentum",
+    "RankRule",
     "TangentVector",
     "available_backends",
     "bug_step",

@@ -20,113 +20,21 @@ Appl. 21(4), 1253-1278, 2000. The mathematics is on the Concepts page.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
-from ._checks import (
-    check_dense,
-    check_rank,
-    check_rank_bounds,
-    check_tol,
-    check_tucker,
-    tucker_shape,
-)
+from ._checks import check_dense, check_tucker, tucker_shape
 from .backend import plain_context, to_float
 from .linalg import fix_column_signs, left_singular, mode_product, thin_qr, thin_svd
-from .ranks import parameter_count, ranks_from_budget, ranks_from_tolerance
+from .ranks import RankRule, RankSpec, rule_from_keywords
 
 __all__ = ["hosvd", "truncate"]
 
-RankSpec = int | Sequence[int] | None
 
-
-def check_rank_rule(
-    dims: Sequence[int],
-    shape: Sequence[int],
-    *,
-    rank: RankSpec,
-    tol: Any,
-    relative: bool,
-    min_rank: RankSpec,
-    max_rank: RankSpec,
-    budget: Any,
-    augmented_from: Sequence[int] | None = None,
-) -> float | None:
-    """Validate the rank-rule arguments before any computation; return ``tol``.
-
-    ``dims`` are the sizes of what is truncated (tensor or core), ``shape`` the full
-    tensor's mode sizes; ``augmented_from`` the rank before an augmented step, when
-    ``dims`` are the augmented sizes (see :func:`~tuckerflow._checks.check_rank`).
-    """
-    given = [
-        name
-        for name, value in (("rank", rank), ("tol", tol), ("budget", budget))
-        if value is not None
-    ]
-    if len(given) > 1:
-        raise ValueError(
-            f"give at most one of rank, tol and budget, got {' and '.join(given)}"
-        )
-    if rank is not None:
-        check_rank(rank, dims, shape, augmented_from=augmented_from)
-    lows, _ = check_rank_bounds(min_rank, max_rank, dims, shape)
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
-            raise TypeError(f"budget must be an int, got {budget!r}")
-        smallest = parameter_count(shape, lows)
-        if budget < smallest:
-            raise ValueError(
-                f"budget={budget} is smaller than {smallest}, the parameter count of "
-                f"the smallest allowed Tucker tensor (ranks {lows} for shape "
-                f"{tuple(shape)})"
-            )
-    return None if tol is None else check_tol(tol, relative)
-
-
-def select_ranks(
-    spectra: Sequence[Any],
-    dims: Sequence[int],
-    shape: Sequence[int],
-    *,
-    rank: RankSpec,
-    tol: float | None,
-    relative: bool,
-    min_rank: RankSpec,
-    max_rank: RankSpec,
-    budget: int | None,
-    norm: float | None = None,
-) -> tuple[int, ...]:
-    """Apply the rank rule (already validated) to the per-mode spectra.
-
-    ``spectra[i]`` may be None for a mode whose rank is pinned to ``dims[i]`` (see
-    :func:`pinned_modes`); ``norm`` is then needed for a relative tolerance. The
-    tolerance is split over the modes that can actually be truncated: a pinned mode
-    discards nothing, so each free mode may discard ``theta / sqrt(#free modes)``.
-    """
-    if rank is not None:
-        return check_rank(rank, dims, shape)
-    lows, highs = check_rank_bounds(min_rank, max_rank, dims, shape)
-    host_spectra = [
-        np.zeros(d) if s is None else tl.to_numpy(s) for s, d in zip(spectra, dims)
-    ]
-    if tol is not None:
-        if norm is None:
-            norm = math.sqrt(float((host_spectra[0].astype("float64") ** 2).sum()))
-        theta = tol * norm if relative else tol
-        free = sum(1 for s in spectra if s is not None)
-        threshold = theta / math.sqrt(max(free, 1))
-        return ranks_from_tolerance(host_spectra, threshold, lows, highs)
-    if budget is not None:
-        return ranks_from_budget(host_spectra, shape, int(budget), lows, highs)
-    return highs
-
-
+@rule_from_keywords
 def hosvd(
     tensor: Any,
     rank: RankSpec = None,
@@ -136,6 +44,7 @@ def hosvd(
     min_rank: RankSpec = 1,
     max_rank: RankSpec = None,
     budget: int | None = None,
+    rule: RankRule | None = None,
 ) -> TuckerTensor:
     """Truncated higher-order SVD (HOSVD) of a dense tensor [1]_.
 
@@ -169,6 +78,9 @@ def hosvd(
         Maximum number of stored entries ``prod(r) + sum(n_i r_i)`` (core plus
         factors); ranks keep the most singular-value energy that fits
         (see :func:`tuckerflow.ranks.ranks_from_budget`).
+    rule : RankRule, optional
+        The six keywords above as one validated value, for a rule used more than
+        once; with ``rule`` they keep their defaults.
 
     Returns
     -------
@@ -182,15 +94,16 @@ def hosvd(
     TypeError
         If ``tensor`` is not a tensor of the active backend or has no real
         floating-point dtype; if ``rank``, ``min_rank`` or ``max_rank`` is not an int
-        or a sequence of ints, ``tol`` not a real number, or ``budget`` not an int.
+        or a sequence of ints, ``tol`` not a real number, ``budget`` not an int, or
+        ``rule`` not a :class:`RankRule`.
     ValueError
-        If ``tensor`` has fewer than 2 modes or NaN or Inf entries; if more than one
-        of ``rank``, ``tol`` and ``budget`` is given; if a rank or rank bound is below
-        1, a sequence has not one entry per mode, ``rank[i]`` exceeds ``n_i`` or
-        ``prod_{j != i} n_j``, or ``max_rank[i]`` exceeds ``n_i``; if ``min_rank``
-        exceeds ``max_rank`` in a mode; if ``tol`` is not finite, lies outside
-        ``[0, 1)`` with ``relative=True`` or is negative; if ``budget`` is smaller
-        than the parameter count at ``min_rank``.
+        If ``tensor`` has fewer than 2 modes or NaN or Inf entries; if more than one of
+        ``rank``, ``tol`` and ``budget`` is given, or ``rule`` with any of them; if a
+        rank or rank bound is below 1, a sequence has not one entry per mode,
+        ``rank[i]`` exceeds ``n_i`` or ``prod_{j != i} n_j``, or ``max_rank[i]`` exceeds
+        ``n_i``; if ``min_rank`` exceeds ``max_rank`` in a mode; if ``tol`` is not
+        finite, lies outside ``[0, 1)`` with ``relative=True`` or is negative; if
+        ``budget`` is smaller than the parameter count at ``min_rank``.
 
     Notes
     -----
@@ -213,30 +126,11 @@ def hosvd(
     """
     check_dense(tensor, "tensor")
     shape = tl.shape(tensor)
-    tol = check_rank_rule(
-        shape,
-        shape,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-    )
+    rule.check(shape, shape)
     bases, spectra = zip(
         *(left_singular(tl.unfold(tensor, m)) for m in range(len(shape)))
     )
-    ranks = select_ranks(
-        spectra,
-        shape,
-        shape,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-    )
+    ranks = rule.choose(spectra, shape, shape)
     factors = [basis[:, :r] for basis, r in zip(bases, ranks)]
     core = tl.tenalg.multi_mode_dot(tensor, factors, transpose=True)
     return TuckerTensor((core, factors))
@@ -250,17 +144,8 @@ def pinned_modes(
     min_rank: RankSpec,
     max_rank: RankSpec,
 ) -> list[bool]:
-    """Modes whose new rank must equal their current size ``dims[i]`` (no SVD needed).
-
-    True when the explicit ``rank`` asks for ``dims[i]``, or when ``min_rank`` and
-    ``max_rank`` both clip to ``dims[i]`` (e.g. a convolution's kernel modes, kept at
-    full rank by a network layer).
-    """
-    if rank is not None:
-        ranks = check_rank(rank, dims, shape)
-        return [r == d for r, d in zip(ranks, dims)]
-    lows, highs = check_rank_bounds(min_rank, max_rank, dims, shape)
-    return [low == high == d for low, high, d in zip(lows, highs, dims)]
+    """:meth:`RankRule.pinned` for callers that hold the bounds as keywords."""
+    return RankRule(rank=rank, min_rank=min_rank, max_rank=max_rank).pinned(dims, shape)
 
 
 def core_singular_vectors(
@@ -300,17 +185,11 @@ class CoreDecomposition:
 
 
 def decompose_core(
-    core: Any,
-    factors: Sequence[Any],
-    *,
-    rank: RankSpec = None,
-    min_rank: RankSpec = 1,
-    max_rank: RankSpec = None,
+    core: Any, factors: Sequence[Any], rule: RankRule
 ) -> CoreDecomposition:
     """The SVDs :func:`truncate_core` needs, computed once (e.g. to pick ranks across
-    several tensors before truncating each)."""
-    dims, shape = tl.shape(core), tucker_shape(factors)
-    pinned = pinned_modes(dims, shape, rank=rank, min_rank=min_rank, max_rank=max_rank)
+    several tensors before truncating each); modes ``rule`` pins are skipped."""
+    pinned = rule.pinned(tl.shape(core), tucker_shape(factors))
     bases, spectra = core_singular_vectors(core, skip=pinned)
     return CoreDecomposition(list(bases), list(spectra), to_float(tl.norm(core)))
 
@@ -318,19 +197,14 @@ def decompose_core(
 def truncate_core(
     core: Any,
     factors: Sequence[Any],
+    rule: RankRule,
     *,
-    rank: RankSpec = None,
-    tol: float | None = None,
-    relative: bool = True,
-    min_rank: RankSpec = 1,
-    max_rank: RankSpec = None,
-    budget: int | None = None,
     decomposition: CoreDecomposition | None = None,
 ) -> tuple[TuckerTensor, list[Any], list[Any]]:
-    """Unchecked truncation through the HOSVD of the core.
+    """Unchecked truncation through the HOSVD of the core, by ``rule``.
 
     The building block of :func:`truncate` and of every integrator: ``factors`` must be
-    orthonormal (not verified here).
+    orthonormal and ``rule`` checked against them (neither verified here).
 
     Returns
     -------
@@ -347,22 +221,9 @@ def truncate_core(
     dims = tl.shape(core)
     shape = tucker_shape(factors)
     if decomposition is None:
-        decomposition = decompose_core(
-            core, factors, rank=rank, min_rank=min_rank, max_rank=max_rank
-        )
+        decomposition = decompose_core(core, factors, rule)
     bases, spectra = decomposition.bases, decomposition.spectra
-    ranks = select_ranks(
-        spectra,
-        dims,
-        shape,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-        norm=decomposition.norm,
-    )
+    ranks = rule.choose(spectra, dims, shape, norm=decomposition.norm)
     new_core = core
     new_factors, changes = [], []
     for mode, (factor, basis, r) in enumerate(zip(factors, bases, ranks)):
@@ -386,6 +247,7 @@ def truncate_core(
     return TuckerTensor((new_core, new_factors)), list(spectra), changes
 
 
+@rule_from_keywords
 def truncate(
     tucker: Any,
     rank: RankSpec = None,
@@ -395,6 +257,7 @@ def truncate(
     min_rank: RankSpec = 1,
     max_rank: RankSpec = None,
     budget: int | None = None,
+    rule: RankRule | None = None,
 ) -> TuckerTensor:
     """Re-truncate an orthonormal Tucker tensor through the HOSVD of its core.
 
@@ -423,6 +286,8 @@ def truncate(
         Bounds on the ranks chosen by ``tol`` or ``budget``.
     budget : int, optional
         Maximum parameter count ``prod(r) + sum(n_i r_i)`` of the result.
+    rule : RankRule, optional
+        The six keywords above as one value, as in :func:`hosvd`.
 
     Returns
     -------
@@ -436,14 +301,15 @@ def truncate(
         If ``tucker`` is not a ``TuckerTensor`` or ``(core, factors)`` pair of
         tensors of the active backend with one real floating-point dtype; if
         ``rank``, ``min_rank`` or ``max_rank`` is not an int or a sequence of ints,
-        ``tol`` not a real number, or ``budget`` not an int.
+        ``tol`` not a real number, ``budget`` not an int, or ``rule`` not a
+        :class:`RankRule`.
     ValueError
-        If ``tucker`` is malformed (a core with fewer than 2 modes, not one factor
-        per mode, ``factors[i].shape[1] != core.shape[i]``, NaN or Inf entries) or its
+        If ``tucker`` is malformed (a core with fewer than 2 modes, not one factor per
+        mode, ``factors[i].shape[1] != core.shape[i]``, NaN or Inf entries) or its
         factors are not orthonormal; if more than one of ``rank``, ``tol`` and
-        ``budget`` is given; if ``rank[i]`` is below 1 or exceeds the current rank
-        ``r_i`` (truncation cannot increase a rank); otherwise as :func:`hosvd` for
-        ``min_rank``, ``max_rank``, ``tol`` and ``budget``.
+        ``budget`` is given, or ``rule`` with any of them; if ``rank[i]`` is below 1 or
+        exceeds the current rank ``r_i`` (truncation cannot increase a rank); otherwise
+        as :func:`hosvd` for ``min_rank``, ``max_rank``, ``tol`` and ``budget``.
 
     References
     ----------
@@ -458,24 +324,6 @@ def truncate(
     (2, 2, 2)
     """
     core, factors = check_tucker(tucker, "tucker")
-    tol = check_rank_rule(
-        tl.shape(core),
-        tucker_shape(factors),
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-    )
-    result, _, _ = truncate_core(
-        core,
-        factors,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-    )
+    rule.check(tl.shape(core), tucker_shape(factors))
+    result, _, _ = truncate_core(core, factors, rule)
     return result

@@ -1,19 +1,29 @@
-"""Rank selection: from a tolerance, or from a parameter budget.
+"""Rank selection: an explicit rank, a tolerance, or a parameter budget.
 
-The rules act on the per-mode singular-value spectra of a tensor's unfoldings (for an
-orthonormal Tucker tensor, those of its core's unfoldings). Spectra are short vectors
-(one value per rank), so the decisions are made in NumPy on the host, in float64, and
-are identical whatever backend produced them.
+:class:`RankRule` holds the rule a truncation follows, validated once; its
+:meth:`~RankRule.choose` applies it. The rules act on the per-mode singular-value
+spectra of a tensor's unfoldings (for an orthonormal Tucker tensor, those of its core's
+unfoldings). Spectra are short vectors (one value per rank), so the decisions are made
+in NumPy on the host, in float64, and are identical whatever backend produced them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import tensorly as tl
+
+from ._checks import _as_int, check_rank, check_rank_bounds, check_tol
 
 __all__ = [
+    "RankRule",
     "parameter_count",
     "ranks_from_tolerance",
     "ranks_from_budget",
@@ -407,3 +417,326 @@ def _common_tolerance(problems, energies, shapes, lows, highs, budget):
         else:
             low = middle
     return ranks_at(high)
+
+
+RankSpec = int | Sequence[int] | None
+
+_KINDS = ("rank", "tol", "budget")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RankRule:
+    """Which ranks a truncation keeps: a rank, a tolerance or a budget, within bounds.
+
+    At most one of ``rank``, ``tol`` and ``budget`` decides the ranks; with none, every
+    available direction is kept. ``tol`` and ``budget`` choose from the singular
+    values of the unfoldings, clipped to ``[min_rank, max_rank]``. What can be checked
+    without the tensor (types, signs, the range of ``tol``, that one rule is given) is
+    checked when the rule is made; what depends on the tensor's shape (one entry per
+    mode, ranks the tensor can reach, a budget its smallest ranks fit) by
+    :meth:`check`. The functions that take these keywords (:func:`tuckerflow.hosvd`,
+    :func:`tuckerflow.truncate`, the steps, :func:`tuckerflow.integrate`) accept a
+    rule as ``rule=`` instead, so one rule can be built once and reused.
+
+    Parameters
+    ----------
+    rank : int or sequence of int, optional
+        Fixed target rank ``(r_1, ..., r_d)``; an int applies to every mode, capped at
+        what each mode offers; a sequence is used as given. Every entry ``>= 1``.
+    tol : float, optional
+        Total truncation tolerance: the discarded part has norm at most ``tol`` times
+        the norm of what is truncated (``relative``, a fraction in ``[0, 1)``), or at
+        most ``tol`` (an absolute Frobenius norm, ``>= 0``, units of the entries).
+    relative : bool, default True
+        Whether ``tol`` is relative to the norm of what is truncated.
+    min_rank, max_rank : int or sequence of int, optional
+        Bounds on the ranks chosen by ``tol`` or ``budget`` (an int applies to every
+        mode; ``min_rank`` defaults to 1, ``max_rank`` to the mode sizes ``n_i``).
+    budget : int, optional
+        Maximum number of stored entries ``prod(r) + sum(n_i r_i)`` (core plus
+        factors); the ranks keep the most singular-value energy that fits
+        (:func:`ranks_from_budget`).
+
+    Raises
+    ------
+    TypeError
+        If ``rank``, ``min_rank`` or ``max_rank`` is not an int or a sequence of ints,
+        ``tol`` not a real number or ``budget`` not an int.
+    ValueError
+        If more than one of ``rank``, ``tol`` and ``budget`` is given; if an entry of
+        ``rank``, ``min_rank`` or ``max_rank`` is below 1; if ``tol`` is not finite,
+        outside ``[0, 1)`` with ``relative=True``, or negative.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rule = RankRule(tol=0.1, max_rank=3)
+    >>> rule.choose([np.array([3.0, 2.0, 0.1]), np.array([3.0, 0.1])], (3, 2), (3, 2))
+    (2, 1)
+    """
+
+    rank: RankSpec = None
+    tol: float | None = None
+    relative: bool = True
+    min_rank: RankSpec = 1
+    max_rank: RankSpec = None
+    budget: int | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in _KINDS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"give at most one of rank, tol and budget, got {' and '.join(given)}"
+            )
+        normalized = {
+            "rank": _rank_values(self.rank, "rank"),
+            "min_rank": _rank_values(self.min_rank, "min_rank"),
+            "max_rank": _rank_values(self.max_rank, "max_rank"),
+        }
+        if self.tol is not None:
+            normalized["tol"] = check_tol(self.tol, self.relative)
+        if self.budget is not None:
+            budget = self.budget
+            if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+                raise TypeError(f"budget must be an int, got {budget!r}")
+            normalized["budget"] = int(budget)
+        for name, value in normalized.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def kind(self) -> str | None:
+        """``'rank'``, ``'tol'`` or ``'budget'``: what decides; None keeps everything.
+
+        Returns
+        -------
+        str or None
+            The name of the given rule, or None when none of the three is given.
+        """
+        for name in _KINDS:
+            if getattr(self, name) is not None:
+                return name
+        return None
+
+    def check(
+        self,
+        dims: Sequence[int],
+        shape: Sequence[int],
+        *,
+        augmented_from: Sequence[int] | None = None,
+    ) -> RankRule:
+        """Validate the rule against a tensor before any work; return it.
+
+        Parameters
+        ----------
+        dims : sequence of int
+            Sizes of what is truncated: the tensor itself, or a Tucker core (then
+            its ranks, or the augmented sizes of a step).
+        shape : sequence of int
+            Mode sizes ``(n_1, ..., n_d)`` of the full tensor.
+        augmented_from : sequence of int, optional
+            The rank before an augmented step (or a retraction), when ``dims`` are
+            the augmented sizes: a ``rank`` above them is then explained as the
+            limit of one step.
+
+        Returns
+        -------
+        RankRule
+            ``self``, valid for this tensor.
+
+        Raises
+        ------
+        ValueError
+            If ``rank``, ``min_rank`` or ``max_rank`` has not one entry per mode, a
+            ``rank[i]`` exceeds what mode ``i`` offers (its size ``n_i``, the current
+            or augmented rank ``dims[i]``, or the product of the other modes'
+            sizes), ``max_rank[i]`` exceeds ``n_i``, ``min_rank`` exceeds
+            ``max_rank`` in a mode, or ``budget`` is smaller than the parameter count
+            at ``min_rank``.
+        """
+        if self.rank is not None:
+            check_rank(self.rank, dims, shape, augmented_from=augmented_from)
+        lows, _ = self._bounds(dims, shape)
+        if self.budget is not None:
+            smallest = parameter_count(shape, lows)
+            if self.budget < smallest:
+                raise ValueError(
+                    f"budget={self.budget} is smaller than {smallest}, the parameter "
+                    f"count of the smallest allowed Tucker tensor (ranks {lows} for "
+                    f"shape {tuple(shape)})"
+                )
+        return self
+
+    def _bounds(
+        self, dims: Sequence[int], shape: Sequence[int]
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``min_rank`` and ``max_rank`` per mode, capped at what ``dims`` offers."""
+        return check_rank_bounds(self.min_rank, self.max_rank, dims, shape)
+
+    def pinned(self, dims: Sequence[int], shape: Sequence[int]) -> list[bool]:
+        """Modes whose new rank must equal their size ``dims[i]`` (no SVD needed).
+
+        True where ``rank`` asks for ``dims[i]``, or where ``min_rank`` and
+        ``max_rank`` both clip to ``dims[i]`` (e.g. a convolution's kernel modes, kept
+        at full rank by a network layer).
+
+        Parameters
+        ----------
+        dims : sequence of int
+            Sizes of what is truncated (see :meth:`check`).
+        shape : sequence of int
+            Mode sizes of the full tensor.
+
+        Returns
+        -------
+        list of bool
+            One flag per mode.
+
+        Raises
+        ------
+        ValueError
+            If the rule does not fit the shape (as :meth:`check`).
+        """
+        if self.rank is not None:
+            ranks = check_rank(self.rank, dims, shape)
+            return [r == d for r, d in zip(ranks, dims)]
+        lows, highs = self._bounds(dims, shape)
+        return [low == high == d for low, high, d in zip(lows, highs, dims)]
+
+    def choose(
+        self,
+        spectra: Sequence[Any],
+        dims: Sequence[int],
+        shape: Sequence[int],
+        *,
+        norm: float | None = None,
+    ) -> tuple[int, ...]:
+        """The ranks the rule keeps, from the singular values of every unfolding.
+
+        A tolerance is split over the modes that can be truncated: a pinned mode
+        (``spectra[i]`` None, see :meth:`pinned`) discards nothing, so each free mode
+        may discard ``theta / sqrt(#free modes)`` with ``theta = tol * norm``
+        (relative) or ``tol``; see :func:`tuckerflow.hosvd` for why.
+
+        Parameters
+        ----------
+        spectra : sequence of 1-D tensors or None
+            Singular values of each mode's unfolding, decreasing (any backend);
+            None for a mode pinned to ``dims[i]``.
+        dims : sequence of int
+            Sizes of what is truncated (see :meth:`check`).
+        shape : sequence of int
+            Mode sizes of the full tensor.
+        norm : float, optional
+            Frobenius norm of what is truncated (units of the entries), for a
+            relative ``tol``; default: from ``spectra[0]``, which must then be given.
+
+        Returns
+        -------
+        tuple of int
+            One rank per mode, within the bounds; every available rank when the
+            rule gives none of ``rank``, ``tol`` and ``budget``.
+
+        Raises
+        ------
+        ValueError
+            If the rule does not fit the shape (as :meth:`check`), or the budget is
+            below the parameter count at ``min_rank``.
+        """
+        if self.rank is not None:
+            return check_rank(self.rank, dims, shape)
+        lows, highs = self._bounds(dims, shape)
+        host_spectra = [
+            np.zeros(d) if s is None else tl.to_numpy(s) for s, d in zip(spectra, dims)
+        ]
+        if self.tol is not None:
+            if norm is None:
+                norm = math.sqrt(float((host_spectra[0].astype("float64") ** 2).sum()))
+            theta = self.tol * norm if self.relative else self.tol
+            free = sum(1 for s in spectra if s is not None)
+            threshold = theta / math.sqrt(max(free, 1))
+            return ranks_from_tolerance(host_spectra, threshold, lows, highs)
+        if self.budget is not None:
+            return ranks_from_budget(host_spectra, shape, self.budget, lows, highs)
+        return highs
+
+
+def _rank_values(value: Any, name: str) -> int | tuple[int, ...] | None:
+    """None, an int or a tuple of ints, each ``>= 1`` (what needs no shape)."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+        return int(value)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be an int or a sequence of ints (one per mode), got {value!r}"
+        )
+    values = tuple(_as_int(v, f"{name}[{i}]") for i, v in enumerate(value))
+    for mode, entry in enumerate(values):
+        if entry < 1:
+            raise ValueError(f"{name}[{mode}] must be >= 1, got {entry}")
+    return values
+
+
+_DEFAULTS = {
+    "rank": None,
+    "tol": None,
+    "relative": True,
+    "min_rank": 1,
+    "max_rank": None,
+    "budget": None,
+}
+
+
+def as_rank_rule(rule: Any = None, **keywords: Any) -> RankRule:
+    """The rule of a function that takes ``rule=`` or the six rule keywords.
+
+    ``keywords`` are the function's ``rank``, ``tol``, ``relative``, ``min_rank``,
+    ``max_rank`` and ``budget`` (those it has); with ``rule`` they must keep their
+    defaults.
+    """
+    if rule is None:
+        return RankRule(**keywords)
+    if not isinstance(rule, RankRule):
+        raise TypeError(
+            f"rule must be a tuckerflow.RankRule, got {type(rule).__name__}; or pass "
+            "the keywords rank, tol, relative, min_rank, max_rank, budget instead"
+        )
+    given = [name for name, value in keywords.items() if not _is_default(name, value)]
+    if given:
+        raise ValueError(
+            f"give the rank rule either as rule=RankRule(...) or as keywords, not "
+            f"both: got rule and {', '.join(given)}; move {', '.join(given)} into "
+            "the RankRule"
+        )
+    return rule
+
+
+def rule_from_keywords(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Let ``function`` take ``rule=`` or the rule keywords, and read only ``rule``.
+
+    ``function`` has a ``rule`` parameter and some of ``rank``, ``tol``,
+    ``relative``, ``min_rank``, ``max_rank``, ``budget`` (its public signature, kept
+    for callers); the wrapper builds the validated :class:`RankRule` once, before
+    ``function`` runs (:func:`as_rank_rule`), and passes it as ``rule``.
+    """
+    signature = inspect.signature(function)
+    names = [name for name in _DEFAULTS if name in signature.parameters]
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        given = bound.arguments  # only what the caller passed
+        keywords = {name: given[name] for name in names if name in given}
+        given["rule"] = as_rank_rule(given.get("rule"), **keywords)
+        return function(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
+def _is_default(name: str, value: Any) -> bool:
+    default = _DEFAULTS[name]
+    if default is None or isinstance(default, bool):
+        return value is default
+    return isinstance(value, int) and not isinstance(value, bool) and value == default

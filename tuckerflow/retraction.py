@@ -7,6 +7,7 @@ optimization", BIT Numer. Math. 54(2), 447-468, 2014.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,11 +15,47 @@ import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
 from ._checks import check_tucker, tucker_shape
-from .hosvd import RankSpec, check_rank_rule, truncate_core
+from .hosvd import truncate_core
 from .linalg import augment_basis
+from .ranks import RankRule, RankSpec, rule_from_keywords
 from .tangent import TangentVector, _check_tangent
 
 __all__ = ["retract", "augmented_sum"]
+
+
+def augmented_dims(factors: Sequence[Any], k_ranks: Sequence[int]) -> tuple[int, ...]:
+    """Column counts of ``orth([U_i, K_i])``: ``min(n_i, r_i + k_i)``."""
+    return tuple(
+        min(tl.shape(f)[0], tl.shape(f)[1] + k)
+        for f, k in zip(factors, k_ranks, strict=True)
+    )
+
+
+def augment_bases(
+    factors: Sequence[Any], directions: Sequence[Any | None]
+) -> tuple[list[Any], list[Any]]:
+    """Augmented bases ``Uhat_i = orth([U_i, directions[i]])`` and embeddings
+    ``E_i = Uhat_i^T U_i``.
+
+    ``Uhat_i`` starts with ``U_i`` (:func:`~tuckerflow.linalg.augment_basis`), so
+    ``E_i = [I; 0]`` up to rounding. A None direction keeps ``Uhat_i = U_i`` (a mode
+    that takes no K-step, e.g. one whose basis spans the whole mode).
+    """
+    bases = [
+        factor if direction is None else augment_basis(factor, direction)
+        for factor, direction in zip(factors, directions, strict=True)
+    ]
+    embeddings = [tl.dot(tl.transpose(b), f) for b, f in zip(bases, factors)]
+    return bases, embeddings
+
+
+def lift(core: Any, embeddings: Sequence[Any]) -> Any:
+    """``C ×_i (Uhat_i^T U_i)``: the same tensor written in the augmented bases.
+
+    ``Uhat_i`` contains ``U_i``, so ``lift(C) ×_i Uhat_i == C ×_i U_i`` up to rounding
+    (the embeddings are ``[R11; 0]`` with ``R11`` the identity up to rounding).
+    """
+    return tl.tenalg.multi_mode_dot(core, embeddings)
 
 
 def augmented_sum(
@@ -52,12 +89,11 @@ def augmented_sum(
     bases : list of tensors of shape (n_i, rhat_i)
         ``Uhat_i``, orthonormal, first columns spanning ``U_i``.
     """
-    bases = [augment_basis(u, du) for u, du in zip(factors, tangent.factors)]
-    embed = [tl.dot(tl.transpose(b), u) for b, u in zip(bases, factors)]
+    bases, embed = augment_bases(factors, tangent.factors)
     coefficients = [
         tl.dot(tl.transpose(b), du) for b, du in zip(bases, tangent.factors)
     ]
-    augmented = tl.tenalg.multi_mode_dot(core + tangent.core, embed)
+    augmented = lift(core + tangent.core, embed)
     for mode, coefficient in enumerate(coefficients):
         matrices = list(embed)
         matrices[mode] = coefficient
@@ -65,6 +101,7 @@ def augmented_sum(
     return augmented, bases
 
 
+@rule_from_keywords
 def retract(
     tucker: Any,
     tangent: TangentVector,
@@ -74,6 +111,7 @@ def retract(
     relative: bool = True,
     min_rank: RankSpec = 1,
     max_rank: RankSpec = None,
+    rule: RankRule | None = None,
 ) -> TuckerTensor:
     """Truncated-HOSVD retraction ``R(Y, xi) = HOSVD_r(Y + xi)`` [1]_.
 
@@ -103,6 +141,9 @@ def retract(
         Whether ``tol`` is relative to ``||Y + xi||``.
     min_rank, max_rank : int or sequence of int, optional
         Bounds on the ranks chosen by ``tol``.
+    rule : RankRule, optional
+        The keywords above as one value (:class:`tuckerflow.RankRule`; its
+        ``budget`` applies too); with ``rule`` they keep their defaults.
 
     Returns
     -------
@@ -117,16 +158,15 @@ def retract(
         tensors of the active backend with one real floating-point dtype; if
         ``tangent`` is not a :class:`~tuckerflow.TangentVector` or its components
         are not tensors of the active backend; if ``rank``, ``min_rank`` or
-        ``max_rank`` is not an int or a sequence of ints, or ``tol`` not a real
-        number.
+        ``max_rank`` is not an int or a sequence of ints, ``tol`` not a real
+        number, or ``rule`` not a RankRule.
     ValueError
-        If ``tucker`` is malformed or its factors are not orthonormal; if the
-        shapes of ``tangent`` do not match the point or it holds NaN or Inf; if both
-        ``rank`` and ``tol`` are given; if ``rank[i]`` is below 1 or above
-        ``min(n_i, 2 r_i)`` (one retraction can at most double a rank); if
+        If ``tucker`` is malformed or its factors are not orthonormal; if the shapes of
+        ``tangent`` do not match the point or it holds NaN or Inf; if both ``rank`` and
+        ``tol`` are given, or ``rule`` with any of the keywords; if ``rank[i]`` is below
+        1 or above ``min(n_i, 2 r_i)`` (one retraction can at most double a rank); if
         ``min_rank`` or ``max_rank`` is out of range or ``min_rank > max_rank``; if
-        ``tol`` is not finite, outside ``[0, 1)`` with ``relative=True``, or
-        negative.
+        ``tol`` is not finite, outside ``[0, 1)`` with ``relative=True``, or negative.
 
     References
     ----------
@@ -144,54 +184,25 @@ def retract(
     """
     core, factors = check_tucker(tucker, "tucker")
     tangent = _check_tangent(tangent, core, factors, "tangent")
-    if rank is None and tol is None:
-        rank = tuple(tl.shape(core))
-    augmented_dims = tuple(
-        min(n, 2 * r) for n, r in zip(tucker_shape(factors), tl.shape(core))
-    )
-    tol = check_rank_rule(
-        augmented_dims,
-        tucker_shape(factors),
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=None,
-        augmented_from=tuple(tl.shape(core)),
-    )
     return retract_unchecked(
-        core,
-        factors,
-        tangent,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
+        core, factors, tangent, retraction_rule(core, factors, rule)
     )
+
+
+def retraction_rule(core: Any, factors: Sequence[Any], rule: RankRule) -> RankRule:
+    """``rule`` checked for a retraction at ``(core, factors)``; a rule that gives no
+    rank, tolerance or budget keeps the current rank."""
+    current = tuple(tl.shape(core))
+    if rule.kind is None:
+        rule = dataclasses.replace(rule, rank=current)
+    dims = augmented_dims(factors, current)  # dU_i has r_i columns
+    return rule.check(dims, tucker_shape(factors), augmented_from=current)
 
 
 def retract_unchecked(
-    core: Any,
-    factors: Sequence[Any],
-    tangent: TangentVector,
-    *,
-    rank: RankSpec,
-    tol: float | None,
-    relative: bool,
-    min_rank: RankSpec,
-    max_rank: RankSpec,
+    core: Any, factors: Sequence[Any], tangent: TangentVector, rule: RankRule
 ) -> TuckerTensor:
     """:func:`retract` on inputs (and a rank rule) its caller has already validated."""
     augmented, bases = augmented_sum(core, factors, tangent)
-    result, _, _ = truncate_core(
-        augmented,
-        bases,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-    )
+    result, _, _ = truncate_core(augmented, bases, rule)
     return result

@@ -22,7 +22,7 @@ import tensorly as tl
 from ._checks import check_dense, check_finite, check_tensor, check_tucker, tucker_shape
 from .backend import plain_context
 from .contractions import GradientContractions
-from .linalg import orthonormal_basis, pseudo_inverse_rows, thin_qr
+from .linalg import pseudo_inverse_rows, thin_qr
 
 __all__ = [
     "TangentVector",
@@ -104,6 +104,20 @@ class TangentVector:
 
     def __neg__(self) -> TangentVector:
         return self * -1.0
+
+
+def reparametrize(core: Any, mode: int) -> tuple[Any, Any]:
+    """QR of the transposed core unfolding: ``unfold(C, i)^T = Q_i S_i^T``.
+
+    Returns ``(Q_i, S_i)`` with ``Q_i`` orthonormal (``prod_{j != i} r_j x k``) and
+    ``S_i`` (``r_i x k``), ``k = min(r_i, prod_{j != i} r_j)``. Then
+    ``unfold(Y, i) = (U_i S_i) V_i^T`` with ``V_i = (kron_{j != i} U_j) Q_i``: the
+    K-step coordinates of mode i (docs/concepts.rst, "The K-step
+    reparametrization"). ``Q_i`` spans the row space of ``unfold(C, i)``; no inverse
+    of ``S_i`` is ever needed.
+    """
+    q, r = thin_qr(tl.transpose(tl.unfold(core, mode)))
+    return q, tl.transpose(r)
 
 
 def _check_tangent(
@@ -280,7 +294,7 @@ def projected_norm(tucker: Any, ambient: Any) -> float:
     contractions = GradientContractions(ambient, factors)
     total = tl.sum(contractions.core_gradient() ** 2)
     for mode, factor in enumerate(factors):
-        rows = orthonormal_basis(tl.transpose(tl.unfold(core, mode)))
+        rows, _ = reparametrize(core, mode)
         k_grad = tl.dot(contractions.unfolded_partial(mode), rows)
         normal = k_grad - tl.dot(factor, tl.dot(tl.transpose(factor), k_grad))
         total = total + tl.sum(normal**2)
@@ -369,7 +383,7 @@ def inner(tucker: Any, tangent_a: TangentVector, tangent_b: TangentVector) -> fl
         # C_(i) C_(i)^T = S_i S_i^T with unfold(C, i)^T = Q_i S_i^T: the mode term is
         # <dU_a S_i, dU_b S_i>, the inner product of the components themselves
         # (never the Gram matrix, whose rounding is eps * sigma_max^2)
-        weight = tl.transpose(thin_qr(tl.transpose(tl.unfold(core, mode)))[1])
+        weight = reparametrize(core, mode)[1]
         total = total + tl.sum(tl.dot(da, weight) * tl.dot(db, weight))
     return float(tl.to_numpy(total))
 

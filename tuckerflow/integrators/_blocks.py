@@ -1,5 +1,8 @@
-"""Pieces shared by the integrators: input checks, the QR reparametrization, the lift,
-and the final truncation that also carries optimizer state into the new bases."""
+"""Pieces shared by the integrators: input checks, the K-step reparametrizations, the
+new-direction blocks, and the final truncation that also carries optimizer state into
+the new bases. The geometry they build on (:func:`~tuckerflow.tangent.reparametrize`,
+:func:`~tuckerflow.retraction.augment_bases`, :func:`~tuckerflow.retraction.lift`) is
+the core's."""
 
 from __future__ import annotations
 
@@ -12,15 +15,10 @@ from tensorly.tucker_tensor import TuckerTensor
 
 from .._checks import check_dense, check_positive, check_tucker, tucker_shape
 from ..backend import plain_context
-from ..hosvd import (
-    RankSpec,
-    check_rank_rule,
-    decompose_core,
-    pinned_modes,
-    select_ranks,
-    truncate_core,
-)
-from ..linalg import thin_qr
+from ..hosvd import decompose_core, truncate_core
+from ..ranks import RankRule, RankSpec, rule_from_keywords
+from ..retraction import lift  # noqa: F401  (moved to the core; old import path)
+from ..tangent import reparametrize
 from .state import OptimizerState, k_coordinate_change
 
 
@@ -71,55 +69,17 @@ def check_gradient(
 
 
 def check_rule(
-    core: Any,
-    factors: Sequence[Any],
-    augmented_dims: Sequence[int],
-    *,
-    rank: RankSpec,
-    tol: Any,
-    relative: bool,
-    min_rank: RankSpec,
-    max_rank: RankSpec,
-    budget: Any,
-    require: bool = True,
-) -> float | None:
+    core: Any, factors: Sequence[Any], augmented_dims: Sequence[int], rule: RankRule
+) -> RankRule:
     """Validate the truncation rule of a rank-adaptive step (exactly one is needed)."""
-    if require and rank is None and tol is None and budget is None:
+    if rule.kind is None:
         raise ValueError(
             "give one of tol (rank-adaptive), rank (fixed rank) or budget (parameter "
             "budget) to decide the ranks after the step"
         )
-    return check_rank_rule(
-        augmented_dims,
-        tucker_shape(factors),
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-        augmented_from=tuple(tl.shape(core)),
+    return rule.check(
+        augmented_dims, tucker_shape(factors), augmented_from=tuple(tl.shape(core))
     )
-
-
-def augmented_dims(factors: Sequence[Any], k_ranks: Sequence[int]) -> tuple[int, ...]:
-    """Column counts of ``orth([U_i, K_i])``: ``min(n_i, r_i + k_i)``."""
-    return tuple(
-        min(tl.shape(f)[0], tl.shape(f)[1] + k)
-        for f, k in zip(factors, k_ranks, strict=True)
-    )
-
-
-def reparametrize(core: Any, mode: int) -> tuple[Any, Any]:
-    """QR of the transposed core unfolding: ``unfold(C, i)^T = Q_i S_i^T``.
-
-    Returns ``(Q_i, S_i)`` with ``Q_i`` orthonormal (``prod_{j != i} r_j x k``) and
-    ``S_i`` (``r_i x k``), ``k = min(r_i, prod_{j != i} r_j)``. Then
-    ``unfold(Y, i) = (U_i S_i) V_i^T`` with ``V_i = (kron_{j != i} U_j) Q_i``. No
-    inverse of ``S_i`` is ever needed.
-    """
-    q, r = thin_qr(tl.transpose(tl.unfold(core, mode)))
-    return q, tl.transpose(r)
 
 
 def is_full_rank(factor: Any) -> bool:
@@ -137,15 +97,6 @@ def adaptive_reparametrizations(core: Any, factors: Sequence[Any]) -> list[Any]:
         None if is_full_rank(factor) else reparametrize(core, mode)
         for mode, factor in enumerate(factors)
     ]
-
-
-def lift(core: Any, embeddings: Sequence[Any]) -> Any:
-    """``C ×_i (Uhat_i^T U_i)``: the same tensor written in the augmented bases.
-
-    ``Uhat_i`` contains ``U_i``, so ``lift(C) ×_i Uhat_i == C ×_i U_i`` up to rounding
-    (the embeddings are ``[R11; 0]`` with ``R11`` the identity up to rounding).
-    """
-    return tl.tenalg.multi_mode_dot(core, embeddings)
 
 
 def single_new_blocks(
@@ -213,19 +164,30 @@ class AugmentedStep:
     """The core before the step: the truncation computes from it the ``Q_i`` that
     ``old_q`` leaves out (None entries: full-rank modes, which take no K-step)."""
 
-    def decompose(self, min_rank: RankSpec = 1, max_rank: RankSpec = None):
+    @rule_from_keywords
+    def decompose(
+        self,
+        min_rank: RankSpec = 1,
+        max_rank: RankSpec = None,
+        *,
+        rule: RankRule | None = None,
+    ):
         """SVDs of the core unfoldings (modes pinned by the bounds skipped), cached."""
-        key = (min_rank, max_rank)
-        if self._decomposition is None or self._decomposed_for != key:
-            self._decomposition = decompose_core(
-                self.core, self.bases, min_rank=min_rank, max_rank=max_rank
-            )
-            self._decomposed_for = key
+        bounds = _bounds(rule)
+        cached = self._decomposed_for
+        if (
+            self._decomposition is None
+            or cached is None
+            or _bounds_of(cached) != bounds
+        ):
+            self._decomposition = decompose_core(self.core, self.bases, bounds)
+            self._decomposed_for = (bounds.min_rank, bounds.max_rank)
         return self._decomposition
 
     def shape(self) -> tuple[int, ...]:
         return tucker_shape(self.bases)
 
+    @rule_from_keywords
     def select(
         self,
         *,
@@ -234,22 +196,18 @@ class AugmentedStep:
         min_rank: RankSpec = 1,
         max_rank: RankSpec = None,
         budget: int | None = None,
+        rule: RankRule | None = None,
     ) -> tuple[int, ...]:
         """The ranks the truncation rule picks (no truncation yet)."""
-        decomposition = self.decompose(min_rank, max_rank)
-        return select_ranks(
+        decomposition = self.decompose(rule=rule)
+        return rule.choose(
             decomposition.spectra,
             tl.shape(self.core),
             self.shape(),
-            rank=None,
-            tol=tol,
-            relative=relative,
-            min_rank=min_rank,
-            max_rank=max_rank,
-            budget=budget,
             norm=decomposition.norm,
         )
 
+    @rule_from_keywords
     def finish(
         self,
         *,
@@ -259,36 +217,38 @@ class AugmentedStep:
         min_rank: RankSpec = 1,
         max_rank: RankSpec = None,
         budget: int | None = None,
+        rule: RankRule | None = None,
     ):
         """Truncate; returns the new point, with the state when there is one."""
         result, state = truncate_step(
             self.core,
             self.bases,
-            rank=rank,
-            tol=tol,
-            relative=relative,
-            min_rank=min_rank,
-            max_rank=max_rank,
-            budget=budget,
+            rule,
             state=self.state,
             old_factors=self.old_factors,
             old_q=self.old_q,
-            decomposition=self.decompose(min_rank, max_rank),
+            decomposition=self.decompose(rule=rule),
             old_core=self.old_core,
         )
         return result if state is None else (result, state)
 
 
+def _bounds(rule: RankRule) -> RankRule:
+    """Only the bounds of ``rule``: what decides which modes are pinned for an SVD."""
+    return RankRule(min_rank=rule.min_rank, max_rank=rule.max_rank)
+
+
+def _bounds_of(key: tuple[Any, Any]) -> RankRule:
+    """The bounds a cached decomposition was made for (``decompose_multi`` stores
+    the ``(min_rank, max_rank)`` it was given)."""
+    return RankRule(min_rank=key[0], max_rank=key[1])
+
+
 def truncate_step(
     augmented_core: Any,
     bases: Sequence[Any],
+    rule: RankRule,
     *,
-    rank: RankSpec,
-    tol: float | None,
-    relative: bool,
-    min_rank: RankSpec,
-    max_rank: RankSpec,
-    budget: int | None,
     state: OptimizerState | None,
     old_factors: Sequence[Any],
     old_q: Sequence[Any] | None,
@@ -305,23 +265,12 @@ def truncate_step(
     full-rank mode; it is then computed from ``old_core`` when needed.
     """
     result, _, changes = truncate_core(
-        augmented_core,
-        bases,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-        decomposition=decomposition,
+        augmented_core, bases, rule, decomposition=decomposition
     )
     if state is None:
         return result, None
     state = state.transform_core(changes)
-    dims = tl.shape(augmented_core)
-    pinned = pinned_modes(
-        dims, tucker_shape(bases), rank=None, min_rank=min_rank, max_rank=max_rank
-    )
+    pinned = _bounds(rule).pinned(tl.shape(augmented_core), tucker_shape(bases))
     idle = [p and is_full_rank(f) for p, f in zip(pinned, old_factors, strict=True)]
     new_q = [
         None if idle[mode] else reparametrize(result.core, mode)[0]

@@ -29,20 +29,15 @@ from tensorly.tucker_tensor import TuckerTensor
 
 from ..backend import plain_context
 from ..contractions import GradientContractions
-from ..linalg import augment_basis, mode_product, thin_qr
-from ..tangent import project_unchecked, projected_norm
-from ._blocks import (
-    AugmentedStep,
-    augmented_dims,
-    check_rule,
-    check_step_inputs,
-    lift,
-    reparametrize,
-)
+from ..linalg import mode_product, thin_qr
+from ..ranks import RankRule, as_rank_rule
+from ..retraction import augment_bases, augmented_dims, lift
+from ..tangent import project_unchecked, projected_norm, reparametrize
+from ._blocks import AugmentedStep, check_rule, check_step_inputs, is_full_rank
 from .bug import bug_step, parallel_bug_update
 from .rgd import check_rgd_rule, rgd_retract
 
-RULE_KEYS = ("rank", "tol", "relative", "min_rank", "max_rank", "budget")
+RULE_KEYS = ("rank", "tol", "relative", "min_rank", "max_rank", "budget", "rule")
 
 
 def _float(value: Any) -> float:
@@ -229,31 +224,19 @@ class Prepared:
         return math.sqrt(max(self.grad_sqnorm, 0.0))
 
 
-def rule_of(options: dict[str, Any]) -> dict[str, Any]:
-    return {key: options[key] for key in RULE_KEYS if key in options}
+def rule_of(options: dict[str, Any]) -> RankRule:
+    """The rank rule among a step's options (``rule=`` or the keywords)."""
+    return as_rank_rule(**{key: options[key] for key in RULE_KEYS if key in options})
 
 
-def is_adaptive(method: str, options: dict[str, Any]) -> bool:
-    """Whether the rank rule lets ranks change (a tolerance or a budget)."""
-    if method in ("bug", "vanilla"):
-        return False
-    return options.get("tol") is not None or options.get("budget") is not None
-
-
-def keep_rank_rule(frame: Frame, options: dict[str, Any]) -> dict[str, Any]:
+def keep_rank_rule(frame: Frame, rule: RankRule) -> RankRule:
     """A fixed-rank rule: the current ranks (capped by ``max_rank``)."""
     ranks = frame.rank
-    high = options.get("max_rank")
+    high = rule.max_rank
     if high is not None:
         highs = [high] * len(ranks) if isinstance(high, int) else list(high)
         ranks = tuple(min(r, h) for r, h in zip(ranks, highs, strict=True))
-    return {
-        "rank": ranks,
-        "tol": None,
-        "relative": True,
-        "min_rank": 1,
-        "max_rank": None,
-    }
+    return RankRule(rank=ranks)
 
 
 def prepare(
@@ -272,13 +255,11 @@ def prepare(
     frame = Frame.at(core, factors)
     gradient = riemannian_gradient(frame, contractions)
     rule = rule_of(options)
-    adaptive = is_adaptive(method, options)
+    adaptive = method not in ("bug", "vanilla") and rule.kind in ("tol", "budget")
 
     if method in ("parallel_bug", "rcg"):
-        if method == "rcg" and not any(
-            options.get(key) is not None for key in ("rank", "tol", "budget")
-        ):
-            rule = {**rule, "rank": frame.rank}
+        if method == "rcg" and rule.kind is None:
+            rule = dataclasses.replace(rule, rank=frame.rank)
 
         _check_rule(frame, rule)  # before anything else: raises at step 0
 
@@ -286,35 +267,26 @@ def prepare(
             move = gradient if direction is None else direction.scaled(-1.0)
             chosen = default if rule is None else rule
             return parallel_bug_update(
-                (core, factors), move.core, move.normals, step, **chosen
+                (core, factors), move.core, move.normals, step, rule=chosen
             )
 
         return Prepared(frame, gradient, gradient.sqnorm(), trial, adaptive)
 
     if method == "rgd":
         retraction = options.get("retraction", "hosvd")
-        checked = check_rgd_rule(
-            core,
-            factors,
-            rank=options.get("rank"),
-            tol=options.get("tol"),
-            relative=options.get("relative", True),
-            min_rank=options.get("min_rank", 1),
-            max_rank=options.get("max_rank"),
-            retraction=retraction,
-        )
+        checked = check_rgd_rule(core, factors, rule, retraction=retraction)
         tangent = project_unchecked(core, factors, grad, contractions)
 
         def trial(step, direction=None, rule=None):
             chosen = checked if rule is None else rule
             return rgd_retract(
-                core, factors, tangent, step, retraction=retraction, **chosen
+                core, factors, tangent, step, chosen, retraction=retraction
             )
 
         return Prepared(frame, gradient, gradient.sqnorm(), trial, adaptive)
 
     if method == "tdlrt":
-        return _prepare_tdlrt(frame, contractions, gradient, options, adaptive)
+        return _prepare_tdlrt(frame, contractions, gradient, rule, adaptive)
 
     if method == "bug":
 
@@ -326,43 +298,29 @@ def prepare(
     raise ValueError(f"no line search for method {method!r}")
 
 
-def _check_rule(frame: Frame, rule: dict[str, Any]) -> dict[str, Any]:
+def _check_rule(frame: Frame, rule: RankRule) -> RankRule:
     """Validate a rank rule for an augmented step at ``frame``, as the steps do."""
-    tol = check_rule(
-        frame.core,
-        frame.factors,
-        augmented_dims(frame.factors, [tl.shape(q)[1] for q in frame.qs]),
-        rank=rule.get("rank"),
-        tol=rule.get("tol"),
-        relative=rule.get("relative", True),
-        min_rank=rule.get("min_rank", 1),
-        max_rank=rule.get("max_rank"),
-        budget=rule.get("budget"),
-    )
-    return rule if tol is None else {**rule, "tol": tol}
+    dims = augmented_dims(frame.factors, [tl.shape(q)[1] for q in frame.qs])
+    return check_rule(frame.core, frame.factors, dims, rule)
 
 
-def _prepare_tdlrt(frame, contractions, gradient, options, adaptive) -> Prepared:
+def _prepare_tdlrt(frame, contractions, gradient, rule, adaptive) -> Prepared:
     """Steps 2-5 of :func:`tdlrt_step` once: only ``Chat0 - h * galerkin`` and the
     truncation depend on the step size ``h`` (the augmented bases span
     ``[U_i, dL/dK_i]`` whatever ``h``)."""
     core, factors = frame.core, frame.factors
-    rule = _check_rule(frame, rule_of(options))
-    bases, embeddings = [], []
-    for mode, (factor, q) in enumerate(zip(factors, frame.qs, strict=True)):
-        rows, cols = tl.shape(factor)
-        if rows == cols:
-            bases.append(factor)
-        else:
-            k_grad = tl.dot(contractions.unfolded_partial(mode), q)
-            bases.append(augment_basis(factor, k_grad))
-        embeddings.append(tl.dot(tl.transpose(bases[-1]), factor))
+    rule = _check_rule(frame, rule)
+    k_grads = [
+        None if is_full_rank(factor) else tl.dot(contractions.unfolded_partial(mode), q)
+        for mode, (factor, q) in enumerate(zip(factors, frame.qs, strict=True))
+    ]
+    bases, embeddings = augment_bases(factors, k_grads)
     lifted = lift(core, embeddings)
     galerkin = contractions.galerkin(bases, embeddings)
 
     def trial(step, direction=None, rule=None, default=rule):
         augmented = AugmentedStep(lifted - step * galerkin, bases, None, factors, None)
-        return augmented.finish(**(default if rule is None else rule))
+        return augmented.finish(rule=default if rule is None else rule)
 
     return Prepared(frame, gradient, gradient.sqnorm(), trial, adaptive)
 

@@ -19,19 +19,19 @@ from tensorly.tucker_tensor import TuckerTensor
 
 from .._checks import check_finite, check_positive, check_tensor, check_tucker
 from ..contractions import GradientContractions
-from ..hosvd import RankSpec
 from ..linalg import augment_basis, orthonormal_basis, reciprocal_above, thin_svd
 from ..profiling import phase
+from ..ranks import RankRule, RankSpec, rule_from_keywords
+from ..retraction import augment_bases, augmented_dims, lift
+from ..tangent import reparametrize
 from ._blocks import (
     AugmentedStep,
     adaptive_reparametrizations,
-    augmented_dims,
     check_gradient,
     check_rule,
     check_state,
     check_step_inputs,
-    lift,
-    reparametrize,
+    is_full_rank,
     single_new_blocks,
 )
 from .state import OptimizerState
@@ -123,6 +123,7 @@ def bug_step(
     return TuckerTensor((lifted - lr * galerkin, bases))
 
 
+@rule_from_keywords
 def parallel_bug_step(
     tucker: Any,
     grad: Any,
@@ -135,6 +136,7 @@ def parallel_bug_step(
     rank: RankSpec = None,
     budget: int | None = None,
     state: OptimizerState | None = None,
+    rule: RankRule | None = None,
 ) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
     """Parallel BUG step [1]_: every block from one gradient, then truncation.
 
@@ -174,6 +176,8 @@ def parallel_bug_step(
         Parameter budget ``prod(r) + sum(n_i r_i)`` for the new ranks.
     state : Momentum or Adam, optional
         Optimizer state built for ``tucker``.
+    rule : RankRule, optional
+        The rank rule as one value, as in :func:`tdlrt_step`.
 
     Returns
     -------
@@ -190,13 +194,13 @@ def parallel_bug_step(
         active backend with one real floating-point dtype, ``grad`` not such a tensor
         of the point's dtype, ``lr`` not a real number, ``state`` not a Momentum or
         Adam state, ``rank``/``min_rank``/``max_rank`` not ints, ``tol`` not a real
-        number, ``budget`` not an int.
+        number, ``budget`` not an int, ``rule`` not a RankRule.
     ValueError
         As in :func:`tdlrt_step`: a malformed or non-orthonormal ``tucker``; a
         ``grad`` of the wrong shape or with NaN or Inf; ``lr`` not finite and
         positive; ``state`` buffers of another point; not exactly one of ``tol``,
-        ``rank`` and ``budget``; a ``rank``, ``min_rank``, ``max_rank``, ``tol`` or
-        ``budget`` out of range.
+        ``rank`` and ``budget``, or ``rule`` with any of the rule keywords; a
+        ``rank``, ``min_rank``, ``max_rank``, ``tol`` or ``budget`` out of range.
 
     References
     ----------
@@ -205,9 +209,7 @@ def parallel_bug_step(
     """
     core, factors, lr = check_step_inputs(tucker, grad, lr, state)
     reparams = [reparametrize(core, mode) for mode in range(len(factors))]
-    tol = _check_parallel_rule(
-        core, factors, reparams, rank, tol, relative, min_rank, max_rank, budget
-    )
+    rule = _check_parallel_rule(core, factors, reparams, rule)
     contractions = GradientContractions(grad, factors)
     contractions.check_finite("grad")
     k_grads = [
@@ -221,16 +223,12 @@ def parallel_bug_step(
         contractions.core_gradient(),
         k_grads,
         lr,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
+        rule,
         state=state,
     )
 
 
+@rule_from_keywords
 def parallel_bug_update(
     tucker: Any,
     core_grad: Any,
@@ -244,6 +242,7 @@ def parallel_bug_update(
     rank: RankSpec = None,
     budget: int | None = None,
     state: OptimizerState | None = None,
+    rule: RankRule | None = None,
 ) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
     """:func:`parallel_bug_step` [1]_ from the projected gradients, not the dense one.
 
@@ -263,7 +262,7 @@ def parallel_bug_update(
         ``k_i = min(r_i, prod_{j != i} r_j)`` and ``Q_i`` from the QR
         ``unfold(C, i)^T = Q_i S_i^T`` (see "The K-step reparametrization" on the
         Concepts page).
-    lr, tol, relative, min_rank, max_rank, rank, budget, state
+    lr, tol, relative, min_rank, max_rank, rank, budget, state, rule
         As in :func:`parallel_bug_step`.
 
     Returns
@@ -319,49 +318,24 @@ def parallel_bug_update(
     check_finite(core_grad, "core_grad")
     for mode, k_grad in enumerate(k_grads):
         check_finite(k_grad, f"k_grads[{mode}]")
-    tol = _check_parallel_rule(
-        core, factors, reparams, rank, tol, relative, min_rank, max_rank, budget
-    )
+    rule = _check_parallel_rule(core, factors, reparams, rule)
     return _parallel_update(
-        core,
-        factors,
-        reparams,
-        core_grad,
-        list(k_grads),
-        lr,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-        state=state,
+        core, factors, reparams, core_grad, list(k_grads), lr, rule, state=state
     )
 
 
-def _check_parallel_rule(
-    core, factors, reparams, rank, tol, relative, min_rank, max_rank, budget
-):
-    return check_rule(
-        core,
-        factors,
-        augmented_dims(factors, [tl.shape(q)[1] for q, _ in reparams]),
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-    )
+def _check_parallel_rule(core, factors, reparams, rule: RankRule) -> RankRule:
+    dims = augmented_dims(factors, [tl.shape(q)[1] for q, _ in reparams])
+    return check_rule(core, factors, dims, rule)
 
 
-def _parallel_update(core, factors, reparams, core_grad, k_grads, lr, *, state, **rule):
+def _parallel_update(core, factors, reparams, core_grad, k_grads, lr, rule, *, state):
     """The parallel BUG update itself, from validated projected gradients."""
     augmented = _parallel_augment(
         core, factors, reparams, core_grad, k_grads, lr, state=state
     )
     with phase("truncation"):
-        return augmented.finish(**rule)
+        return augmented.finish(rule=rule)
 
 
 def _parallel_augment(
@@ -376,21 +350,19 @@ def _parallel_augment(
         updated = core - lr * direction
 
     with phase("augmentation"):
-        bases, embeddings, new_directions = [], [], []
+        k_directions, new_directions = [], []
         for mode, (factor, k_grad) in enumerate(zip(factors, k_grads, strict=True)):
-            if tl.shape(factor)[0] == tl.shape(factor)[1]:  # U_i spans everything
-                bases.append(factor)
-                embeddings.append(tl.dot(tl.transpose(factor), factor))
+            if is_full_rank(factor):  # U_i spans everything
+                k_directions.append(None)
                 new_directions.append(None)
                 continue
             k_direction = k_grad
             if state is not None:
                 k_direction, state = state.basis_direction(mode, k_grad)
-            basis = augment_basis(factor, k_direction)  # [U_i, Utilde_i]
-            bases.append(basis)
-            embeddings.append(tl.dot(tl.transpose(basis), factor))
+            k_directions.append(k_direction)
             # Utilde_i^T K_i1 = -lr Utilde_i^T direction (Utilde_i is orthogonal to U_i)
             new_directions.append(-lr * k_direction)
+        bases, embeddings = augment_bases(factors, k_directions)  # [U_i, Utilde_i]
 
     with phase("core step"):
         augmented = lift(updated, embeddings)

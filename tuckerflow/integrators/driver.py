@@ -15,7 +15,7 @@ from tensorly.tucker_tensor import TuckerTensor
 from .._checks import check_objective_output, check_tucker
 from ..autodiff import value_and_grad
 from ..backend import is_finite
-from ..ranks import parameter_count
+from ..ranks import RankRule, parameter_count
 from ._search import gradient_norm, prepare, to_dense
 from .bug import bug_step, parallel_bug_step
 from .linesearch import BETAS, Armijo, Searcher, as_line_search
@@ -173,6 +173,7 @@ def integrate(
     lr: float | Callable[[int], float] | None = None,
     steps: int,
     tol: float | None = None,
+    rule: RankRule | None = None,
     callback: Callable[[int, TuckerTensor, float], Any] | None = None,
     progress: bool = False,
     value_fn: Callable[..., Any] | None = None,
@@ -229,6 +230,10 @@ def integrate(
         Maximum number of steps (``>= 0``).
     tol : float, optional
         Truncation tolerance of the rank-adaptive methods (see :func:`tdlrt_step`).
+    rule : RankRule, optional
+        The rank rule of the rank-adaptive methods as one value
+        (:class:`~tuckerflow.RankRule`), instead of ``tol`` and the rule keywords of
+        ``method_options``.
     callback : callable, optional
         ``callback(step, tucker, loss)`` after every step; a true return value stops.
     progress : bool
@@ -294,14 +299,14 @@ def integrate(
         tensors of the active backend with one real floating-point dtype; if a
         stopping rule is not a real number.
     ValueError
-        For an unknown ``method``, a ``steps`` that is not a non-negative int,
-        ``tol`` with a fixed-rank method, ``state`` with a method that keeps none or
+        For an unknown ``method``, a ``steps`` that is not a non-negative int, ``tol``
+        or ``rule`` with a fixed-rank method, ``state`` with a method that keeps none or
         with a line search, neither or both of ``objective`` and ``value_fn``; for a
         malformed ``tucker0`` (shapes, NaN or Inf) or one whose factors are not
-        orthonormal (except with ``vanilla``); without ``lr`` and without a line
-        search; for an unknown ``line_search`` or ``beta``; for a line search or a
-        loss or gradient stopping rule with ``batches``; for a negative or non-finite
-        stopping rule (``max_time`` must be positive).
+        orthonormal (except with ``vanilla``); without ``lr`` and without a line search;
+        for an unknown ``line_search`` or ``beta``; for a line search or a loss or
+        gradient stopping rule with ``batches``; for a negative or non-finite stopping
+        rule (``max_time`` must be positive).
     NotImplementedError
         At step 0, if ``value_fn`` is used on a backend without automatic
         differentiation (e.g. numpy).
@@ -388,10 +393,14 @@ def integrate(
             "one objective: they do not apply with batches"
         )
     schedule = None if lr is None else lr if callable(lr) else (lambda k, v=lr: v)
-    if method in ("tdlrt", "parallel_bug", "rgd", "rcg") and tol is not None:
-        options["tol"] = tol
-    elif tol is not None:
-        raise ValueError(f"method {method!r} keeps a fixed rank: tol does not apply")
+    for name, value in (("tol", tol), ("rule", rule)):
+        if value is None:
+            continue
+        if method not in ("tdlrt", "parallel_bug", "rgd", "rcg"):
+            raise ValueError(
+                f"method {method!r} keeps a fixed rank: {name} does not apply"
+            )
+        options[name] = value
 
     core, factors = check_tucker(tucker0, "tucker0", orthonormal=method != "vanilla")
     tucker = TuckerTensor((core, list(factors)))

@@ -33,6 +33,7 @@ from ._search import (
     Prepared,
     keep_rank_rule,
     project_tucker,
+    rule_of,
     tangent_tucker,
     tucker_inner,
 )
@@ -302,7 +303,7 @@ class Searcher:
         first = self._initial(index, tucker, prepared, direction, slope, moved)
         rules = [None]
         if prepared.adaptive:
-            rules.append(keep_rank_rule(prepared.frame, self.options))
+            rules.append(keep_rank_rule(prepared.frame, rule_of(self.options)))
         accepted = self._backtrack(prepared, direction, slope, value, first, rules)
         if accepted is not None:
             point, new_value, grad, step = accepted

@@ -15,15 +15,16 @@ import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
 from .._checks import _per_mode, check_finite
-from ..hosvd import RankSpec
 from ..linalg import thin_qr
-from ..retraction import retract_unchecked
+from ..ranks import RankRule, RankSpec, rule_from_keywords
+from ..retraction import retract_unchecked, retraction_rule
 from ..tangent import TangentVector, project_unchecked
-from ._blocks import augmented_dims, check_rule, check_step_inputs
+from ._blocks import check_step_inputs
 
 __all__ = ["rgd_step"]
 
 
+@rule_from_keywords
 def rgd_step(
     tucker: Any,
     grad: Any,
@@ -35,6 +36,7 @@ def rgd_step(
     min_rank: RankSpec = 1,
     max_rank: RankSpec = None,
     retraction: str = "hosvd",
+    rule: RankRule | None = None,
 ) -> TuckerTensor:
     """``Y1 = R(Y0 - lr * P(Y0) G)``: Riemannian gradient descent [1]_, retracted.
 
@@ -76,6 +78,10 @@ def rgd_step(
         Bounds on the ranks chosen by ``tol``; ``"hosvd"`` only.
     retraction : {'hosvd', 'factors'}
         Which retraction (see above).
+    rule : RankRule, optional
+        ``rank``, ``tol``, ``relative``, ``min_rank`` and ``max_rank`` as one value
+        (:class:`tuckerflow.RankRule`; with ``"hosvd"`` its ``budget`` applies too);
+        with ``rule`` they keep their defaults.
 
     Returns
     -------
@@ -92,15 +98,16 @@ def rgd_step(
         is not a tensor of the active backend with the point's real floating-point
         dtype; if ``lr`` is not a real number; if ``rank``, ``min_rank`` or
         ``max_rank`` is not an int or a sequence of ints, or ``tol`` not a real
-        number (``"hosvd"``).
+        number (``"hosvd"``); if ``rule`` is not a RankRule.
     ValueError
         If ``tucker`` is malformed or its factors are not orthonormal; if ``grad``
         does not have the shape ``(n_1, ..., n_d)`` or holds NaN or Inf; if ``lr`` is
         not finite and positive; if ``retraction`` is neither ``"hosvd"`` nor
-        ``"factors"``; with ``"factors"``, if ``tol`` is given or ``rank`` differs
-        from the current rank; with ``"hosvd"``, if both ``rank`` and ``tol`` are
-        given or ``rank``, ``min_rank``, ``max_rank`` or ``tol`` is out of range (as
-        in :func:`tuckerflow.retract`).
+        ``"factors"``; with ``"factors"``, if ``tol`` (or a budget) is given or
+        ``rank`` differs from the current rank; if ``rule`` is given with any of the
+        rule keywords; with ``"hosvd"``, if both ``rank`` and ``tol`` are given or
+        ``rank``, ``min_rank``, ``max_rank`` or ``tol`` is out of range (as in
+        :func:`tuckerflow.retract`).
 
     References
     ----------
@@ -111,64 +118,33 @@ def rgd_step(
     """
     core, factors, lr = check_step_inputs(tucker, grad, lr)
     check_finite(grad, "grad")  # the projection below does not check its input
-    rule = check_rgd_rule(
-        core,
-        factors,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        retraction=retraction,
-    )
+    rule = check_rgd_rule(core, factors, rule, retraction=retraction)
     tangent = project_unchecked(core, factors, grad)
-    return rgd_retract(core, factors, tangent, lr, retraction=retraction, **rule)
+    return rgd_retract(core, factors, tangent, lr, rule, retraction=retraction)
 
 
 def check_rgd_rule(
-    core: Any,
-    factors: list[Any],
-    *,
-    rank: RankSpec,
-    tol: float | None,
-    relative: bool,
-    min_rank: RankSpec,
-    max_rank: RankSpec,
-    retraction: str,
-) -> dict[str, Any]:
-    """Validate the retraction and its rank rule; the rule for :func:`rgd_retract`."""
+    core: Any, factors: list[Any], rule: RankRule, *, retraction: str
+) -> RankRule | None:
+    """Validate the retraction and its rank rule; the rule for :func:`rgd_retract`
+    (the current rank unless ``rule`` gives one; None for ``"factors"``)."""
     if retraction not in ("hosvd", "factors"):
         raise ValueError(f"retraction must be 'hosvd' or 'factors', got {retraction!r}")
     current = tuple(tl.shape(core))
     if retraction == "factors":
         # an int rank means that rank in every mode, as everywhere else
-        wanted = None if rank is None else _per_mode(rank, len(current), "rank")[0]
-        if tol is not None or (wanted is not None and wanted != current):
+        wanted = (
+            None if rule.rank is None else _per_mode(rule.rank, len(current), "rank")[0]
+        )
+        if rule.kind not in (None, "rank") or (
+            wanted is not None and wanted != current
+        ):
             raise ValueError(
-                "retraction='factors' keeps the rank: tol/rank do not apply (rank "
-                f"may only repeat the current rank {current})"
+                "retraction='factors' keeps the rank: tol/budget/rank do not apply "
+                f"(rank may only repeat the current rank {current})"
             )
-        return {}
-    if rank is None and tol is None:
-        rank = current
-    tol = check_rule(
-        core,
-        factors,
-        augmented_dims(factors, current),
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=None,
-    )
-    return {
-        "rank": rank,
-        "tol": tol,
-        "relative": relative,
-        "min_rank": min_rank,
-        "max_rank": max_rank,
-    }
+        return None
+    return retraction_rule(core, factors, rule)
 
 
 def rgd_retract(
@@ -176,13 +152,13 @@ def rgd_retract(
     factors: list[Any],
     tangent: TangentVector,
     lr: float,
+    rule: RankRule | None,
     *,
     retraction: str = "hosvd",
-    **rule: Any,
 ) -> TuckerTensor:
     """``R(Y0 - lr * tangent)`` on validated inputs: the retraction of :func:`rgd_step`.
 
-    ``rule`` is what :func:`check_rgd_rule` returned (empty for ``"factors"``).
+    ``rule`` is what :func:`check_rgd_rule` returned (None for ``"factors"``).
     """
     if retraction == "factors":
         new_core = core - lr * tangent.core
@@ -194,4 +170,4 @@ def rgd_retract(
             new_factors.append(q)
             new_core = tl.tenalg.mode_dot(new_core, r, mode)
         return TuckerTensor((new_core, new_factors))
-    return retract_unchecked(core, factors, -lr * tangent, **rule)
+    return retract_unchecked(core, factors, -lr * tangent, rule)

@@ -12,18 +12,16 @@ import tensorly as tl
 from tensorly.tucker_tensor import TuckerTensor
 
 from ..contractions import GradientContractions
-from ..hosvd import RankSpec
-from ..linalg import augment_basis
 from ..profiling import phase
+from ..ranks import RankRule, RankSpec, rule_from_keywords
+from ..retraction import augment_bases, augmented_dims, lift
+from ..tangent import reparametrize
 from ._blocks import (
     AugmentedStep,
     adaptive_reparametrizations,
-    augmented_dims,
     check_rule,
     check_step_inputs,
     is_full_rank,
-    lift,
-    reparametrize,
     single_new_blocks,
 )
 from .state import OptimizerState
@@ -31,6 +29,7 @@ from .state import OptimizerState
 __all__ = ["tdlrt_step"]
 
 
+@rule_from_keywords
 def tdlrt_step(
     tucker: Any,
     grad: Any,
@@ -43,6 +42,7 @@ def tdlrt_step(
     rank: RankSpec = None,
     budget: int | None = None,
     state: OptimizerState | None = None,
+    rule: RankRule | None = None,
 ) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
     """One rank-adaptive TDLRT step [1]_ from the Euclidean gradient at the point.
 
@@ -93,6 +93,10 @@ def tdlrt_step(
         :meth:`Adam.init`, or the state returned by the previous step); the K and core
         updates then use its directions. The state is carried into the new bases (see
         :mod:`tuckerflow.integrators.state`).
+    rule : RankRule, optional
+        ``rank``, ``tol``, ``relative``, ``min_rank``, ``max_rank`` and ``budget`` as
+        one value (:class:`tuckerflow.RankRule`); with ``rule`` they keep their
+        defaults.
 
     Returns
     -------
@@ -111,14 +115,15 @@ def tdlrt_step(
         to the point's; if ``lr`` is not a real number; if ``state`` is not a
         Momentum or Adam state (or its buffers are not tensors); if ``rank``,
         ``min_rank`` or ``max_rank`` is not an int or a sequence of ints, ``tol`` not
-        a real number, or ``budget`` not an int.
+        a real number, ``budget`` not an int, or ``rule`` not a RankRule.
     ValueError
         If ``tucker`` is malformed (core with fewer than 2 modes, not one factor per
         mode, mismatched shapes, NaN or Inf entries) or its factors are not
         orthonormal; if ``grad`` does not have the shape ``(n_1, ..., n_d)`` or holds
         NaN or Inf; if ``lr`` is not finite and positive; if the buffers of ``state``
         do not match the point's shapes (a state of another point); if not exactly
-        one of ``tol``, ``rank`` and ``budget`` is given; if ``rank[i]`` is below 1
+        one of ``tol``, ``rank`` and ``budget`` is given, or ``rule`` with any of the
+        rule keywords; if ``rank[i]`` is below 1
         or above what one step can reach (see ``rank``); if ``min_rank`` or
         ``max_rank`` is out of range or ``min_rank > max_rank``; if ``tol`` is not
         finite, outside ``[0, 1)`` with ``relative=True``, or negative; if ``budget``
@@ -141,31 +146,9 @@ def tdlrt_step(
     # reparametrizations first: they fix the augmented sizes for validating the rule
     with phase("augmentation"):
         reparams = [reparametrize(core, mode) for mode in range(order)]
-    tol = check_rule(
-        core,
-        factors,
-        augmented_dims(factors, [tl.shape(q)[1] for q, _ in reparams]),
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-    )
-    return _tdlrt_update(
-        core,
-        factors,
-        reparams,
-        grad,
-        lr,
-        rank=rank,
-        tol=tol,
-        relative=relative,
-        min_rank=min_rank,
-        max_rank=max_rank,
-        budget=budget,
-        state=state,
-    )
+    dims = augmented_dims(factors, [tl.shape(q)[1] for q, _ in reparams])
+    rule = check_rule(core, factors, dims, rule)
+    return _tdlrt_update(core, factors, reparams, grad, lr, rule, state=state)
 
 
 def tdlrt_augment_unchecked(
@@ -188,12 +171,12 @@ def tdlrt_augment_unchecked(
     )
 
 
-def _tdlrt_update(core, factors, reparams, grad, lr, *, state, **rule):
+def _tdlrt_update(core, factors, reparams, grad, lr, rule, *, state):
     """Steps 1-6 of :func:`tdlrt_step` on validated inputs."""
     augmented = _tdlrt_augment(core, factors, reparams, grad, lr, state=state)
     # 6. truncate the small augmented core
     with phase("truncation"):
-        return augmented.finish(**rule)
+        return augmented.finish(rule=rule)
 
 
 def _tdlrt_augment(
@@ -219,18 +202,16 @@ def _tdlrt_augment(
     # 2-3. K-steps and augmented bases, mode by mode
     with phase("augmentation"):
         memory = None if state is None else state.basis_memory()
-        bases, embeddings = [], []
+        directions = []
         for mode, (factor, k_grad) in enumerate(zip(factors, k_grads, strict=True)):
             if is_full_rank(factor):  # U_i spans everything: nothing to add
-                bases.append(factor)
-                embeddings.append(tl.dot(tl.transpose(factor), factor))
+                directions.append(None)
                 continue
             direction = k_grad
             if state is not None:
                 direction, state = state.basis_direction(mode, k_grad)
-            basis = augment_basis(factor, direction)  # orth([U_i, K_i1])
-            bases.append(basis)
-            embeddings.append(tl.dot(tl.transpose(basis), factor))
+            directions.append(direction)
+        bases, embeddings = augment_bases(factors, directions)  # orth([U_i, K_i1])
 
     # 4. lift the core (and the optimizer state) into the augmented bases
     with phase("core step"):
