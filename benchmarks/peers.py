@@ -12,7 +12,9 @@ random sample of the entries:
 
 The target is a relative held-out error ``||P_Omega^c (W - A)|| / ||P_Omega^c A||``
 of ``1e-3``. Every method starts from the same random point of the problem's rank
-(rank 1 for the rank-adaptive runs); the time is the wall time until the first
+(rank 1 for the rank-adaptive runs, which use greedy rank growth,
+``integrate(..., rank_growth=True)``, with a truncation tolerance of 0.01 that only
+removes directions); the time is the wall time until the first
 *evaluated* point (line-search trials included) reaches the target, the held-out
 measurement itself excluded; a run that does not reach it within the time cap records
 its final error. tuckerflow runs use their default settings (no step-size sweep).
@@ -49,6 +51,11 @@ from _common import save, table
 import tuckerflow as tf
 
 TARGET = 1e-3
+ADAPTIVE_TOL = 0.01
+"""Truncation tolerance of the rank-adaptive rows. With rank growth it only removes
+directions (growth is the growth rule's decision); it must stay below the accuracy
+aimed at (a relative 0.1 keeps Indian Pines at rank (1, 1, 1), whose held-out
+error is 0.119 against a target of 0.062)."""
 
 
 class Reached(Exception):
@@ -321,20 +328,27 @@ def methods(problem: dict[str, Any]) -> list[tuple[str, str, Callable[..., Any],
         ),
         (
             "tuckerflow",
-            "RCG rank-adaptive from rank 1 (tol 0.1)",
+            "RCG rank-adaptive from rank 1 (tol 0.01, rank growth)",
             run_tuckerflow,
-            {"rank": ones, "method": "rcg", "tol": 0.1, "max_rank": rank_cap(problem)},
+            {
+                "rank": ones,
+                "method": "rcg",
+                "tol": ADAPTIVE_TOL,
+                "max_rank": rank_cap(problem),
+                "rank_growth": True,
+            },
         ),
         (
             "tuckerflow",
-            "TDLRT + Armijo rank-adaptive from rank 1 (tol 0.1)",
+            "TDLRT + Armijo rank-adaptive from rank 1 (tol 0.01, rank growth)",
             run_tuckerflow,
             {
                 "rank": ones,
                 "method": "tdlrt",
                 "line_search": "armijo",
-                "tol": 0.1,
+                "tol": ADAPTIVE_TOL,
                 "max_rank": rank_cap(problem),
+                "rank_growth": True,
             },
         ),
         (

@@ -18,6 +18,7 @@ from .driver import (
     IntegrationResult,
     integrate,
 )
+from .growth import RankGrowth, normal_directions
 from .linesearch import Armijo
 from .rgd import rgd_step
 from .state import Adam, Momentum, OptimizerState
@@ -34,9 +35,11 @@ __all__ = [
     "IntegrationResult",
     "Momentum",
     "OptimizerState",
+    "RankGrowth",
     "bug_step",
     "integrate",
     "k_gradients_from_factor_gradients",
+    "normal_directions",
     "parallel_bug_step",
     "parallel_bug_update",
     "rgd_step",

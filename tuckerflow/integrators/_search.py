@@ -35,6 +35,7 @@ from ..retraction import augment_bases, augmented_dims, lift
 from ..tangent import project_unchecked, projected_norm, reparametrize
 from ._blocks import AugmentedStep, check_rule, check_step_inputs, is_full_rank
 from .bug import bug_step, parallel_bug_update
+from .growth import Monitor, capped_rule, growth_step, rank_caps
 from .rgd import check_rgd_rule, rgd_retract
 
 RULE_KEYS = ("rank", "tol", "relative", "min_rank", "max_rank", "budget", "rule")
@@ -218,6 +219,10 @@ class Prepared:
     trial: Callable[..., TuckerTensor]
     adaptive: bool
     params: list[Any] | None = None  # vanilla: (dL/dC, dL/dU_1, ...)
+    growth_sqnorm: float | None = None
+    """A rank-growth iteration (:mod:`~tuckerflow.integrators.growth`): the trial
+    steps go along ``-Pi G`` in the augmented bases, whose first-order decrease per
+    unit step is this ``||Pi G||^2``; the line search restarts (steepest descent)."""
 
     @property
     def grad_norm(self) -> float:
@@ -245,8 +250,11 @@ def prepare(
     grad: Any,
     options: dict[str, Any],
     second_gradient: Callable[[Any], Any] | None = None,
+    growth: Monitor | None = None,
 ) -> Prepared:
-    """The gradient work of one iteration of ``method`` at ``tucker``."""
+    """The gradient work of one iteration of ``method`` at ``tucker``; with a
+    ``growth`` monitor (rank-adaptive tdlrt, parallel_bug, rcg), a growth iteration
+    or the method's step at ranks that may only shrink."""
     if method == "vanilla":
         return _prepare_vanilla(tucker, grad)
     core, factors, _ = check_step_inputs(tucker, grad, 1.0)
@@ -256,6 +264,11 @@ def prepare(
     gradient = riemannian_gradient(frame, contractions)
     rule = rule_of(options)
     adaptive = method not in ("bug", "vanilla") and rule.kind in ("tol", "budget")
+    if growth is not None and adaptive:
+        grown = _growth_iteration(frame, contractions, gradient, grad, rule, growth)
+        if grown is not None:
+            return grown
+        rule = capped_rule(rule, frame.rank)  # may only shrink
 
     if method in ("parallel_bug", "rcg"):
         if method == "rcg" and rule.kind is None:
@@ -323,6 +336,33 @@ def _prepare_tdlrt(frame, contractions, gradient, rule, adaptive) -> Prepared:
         return augmented.finish(rule=default if rule is None else rule)
 
     return Prepared(frame, gradient, gradient.sqnorm(), trial, adaptive)
+
+
+def _growth_iteration(frame, contractions, gradient, grad, rule, monitor):
+    """The growth step when the monitor's rule says grow, else None."""
+    rule = _check_rule(frame, rule)  # before anything else: raises at step 0
+    shape = tuple(tl.shape(f)[0] for f in frame.factors)
+    sqnorm = gradient.sqnorm()
+    plan = monitor.plan(
+        grad, frame.factors, math.sqrt(max(sqnorm, 0.0)), rank_caps(rule, shape)
+    )
+    if not plan.grows:
+        return None
+    # the rule decided the growth: the trials keep it (a tolerance would discard
+    # the new directions at small trial steps, where their core entries are small)
+    grown = RankRule(
+        rank=tuple(r + k for r, k in zip(frame.rank, plan.extra, strict=True))
+    )
+    step_to, growth_sqnorm = growth_step(
+        frame.core, frame.factors, frame.qs, contractions, plan
+    )
+
+    def trial(step, direction=None, rule=None):
+        return step_to(step, grown if rule is None else rule)
+
+    return Prepared(
+        frame, gradient, sqnorm, trial, True, growth_sqnorm=max(growth_sqnorm, sqnorm)
+    )
 
 
 def _prepare_vanilla(tucker: Any, grad: Any) -> Prepared:

@@ -16,8 +16,9 @@ from .._checks import check_objective_output, check_tucker
 from ..autodiff import value_and_grad
 from ..backend import is_finite
 from ..ranks import RankRule, parameter_count
-from ._search import gradient_norm, prepare, to_dense
+from ._search import gradient_norm, prepare, rule_of, to_dense
 from .bug import bug_step, parallel_bug_step
+from .growth import Monitor, RankGrowth, as_growth
 from .linesearch import BETAS, Armijo, Searcher, as_line_search
 from .rgd import rgd_step
 from .state import OptimizerState
@@ -184,6 +185,7 @@ def integrate(
     grad_rtol: float | None = None,
     loss_rtol: float | None = None,
     max_time: float | None = None,
+    rank_growth: bool | RankGrowth | None = None,
     **method_options: Any,
 ) -> IntegrationResult:
     """Minimise a tensor objective (or integrate a gradient flow) in Tucker format.
@@ -268,6 +270,15 @@ def integrate(
     max_time : float, optional
         Stop (``reason="max_time"``) before the first step that would start later than
         ``max_time`` seconds after the call (wall time).
+    rank_growth : bool or RankGrowth, optional
+        Greedy rank growth for the rank-adaptive ``tdlrt``, ``parallel_bug`` and
+        ``rcg`` (``tol`` or ``budget`` given) [9]_ [10]_: steps keep or reduce the
+        ranks, and when the iterate is nearly stationary for its ranks compared with
+        the gradient's steepest directions outside the tangent space, a growth step
+        adds those directions to the bases (see :class:`RankGrowth`; ``True``: its
+        defaults). The remedy for ranks that never grow from a point stationary for
+        its rank, and for a tolerance that alone decides growth. Off by default
+        (None): the steps are the step functions' own.
     **method_options
         Passed to the step (``min_rank``, ``max_rank``, ``rank``, ``budget``,
         ``relative``; ``retraction`` for ``rgd``; ``beta`` for ``rcg``).
@@ -303,10 +314,12 @@ def integrate(
         or ``rule`` with a fixed-rank method, ``state`` with a method that keeps none or
         with a line search, neither or both of ``objective`` and ``value_fn``; for a
         malformed ``tucker0`` (shapes, NaN or Inf) or one whose factors are not
-        orthonormal (except with ``vanilla``); without ``lr`` and without a line search;
-        for an unknown ``line_search`` or ``beta``; for a line search or a loss or
-        gradient stopping rule with ``batches``; for a negative or non-finite stopping
-        rule (``max_time`` must be positive).
+        orthonormal (except with ``vanilla``); without ``lr`` and without a line
+        search; for an unknown ``line_search`` or ``beta``; for ``rank_growth``
+        with a method other than ``tdlrt``, ``parallel_bug`` and ``rcg``, without
+        ``tol`` or ``budget`` (or a ``rule`` with one), or with ``state``; for a line
+        search or a loss or gradient stopping rule with ``batches``; for a negative
+        or non-finite stopping rule (``max_time`` must be positive).
     NotImplementedError
         At step 0, if ``value_fn`` is used on a backend without automatic
         differentiation (e.g. numpy).
@@ -332,6 +345,10 @@ def integrate(
        Manifolds", Princeton University Press, 2008.
     .. [8] J. Barzilai, J. M. Borwein, "Two-point step size gradient methods", IMA J.
        Numer. Anal. 8(1), 141-148, 1988.
+    .. [9] A. Uschmajew, B. Vandereycken, "Greedy rank updates combined with
+       Riemannian descent methods for low-rank optimization", SampTA 2015, 420-424.
+    .. [10] B. Gao, P.-A. Absil, "A Riemannian rank-adaptive method for low-rank
+       matrix completion", Comput. Optim. Appl. 81, 67-90, 2022.
 
     Examples
     --------
@@ -402,6 +419,7 @@ def integrate(
             )
         options[name] = value
 
+    growth = _check_growth(rank_growth, method, options, state)
     core, factors = check_tucker(tucker0, "tucker0", orthonormal=method != "vanilla")
     tucker = TuckerTensor((core, list(factors)))
     run = _Run(
@@ -411,6 +429,7 @@ def integrate(
         state=state,
         batched=batches is not None,
         started=time.perf_counter(),
+        growth=growth,
     )
     run.tucker = tucker
     run.record_point(tucker)
@@ -431,6 +450,25 @@ def integrate(
         if bar is not None:
             bar.close()
     return run.result()
+
+
+def _check_growth(value, method, options, state) -> Monitor | None:
+    """The growth monitor of a run, or None; raises for a method without one."""
+    config = as_growth(value)
+    if config is None:
+        return None
+    if method not in ("tdlrt", "parallel_bug", "rcg"):
+        raise ValueError(
+            f"rank_growth applies to tdlrt, parallel_bug and rcg, not {method!r}"
+        )
+    if rule_of(options).kind not in ("tol", "budget"):
+        raise ValueError(
+            "rank_growth needs a rank-adaptive rule: give tol or budget (or a "
+            "RankRule with one)"
+        )
+    if state is not None:
+        raise ValueError("rank_growth does not combine with an optimizer state")
+    return Monitor(config)
 
 
 @dataclasses.dataclass
@@ -511,6 +549,7 @@ class _Run:
     tucker: Any = None
     reason: str = "steps"
     evaluations: int = 0
+    growth: Monitor | None = None
 
     def gradient_at(self, dense: Any, batch: Any = None) -> tuple[float, Any]:
         self.evaluations += 1
@@ -639,6 +678,8 @@ def _fixed_steps(run, schedule, steps, options, rules, batches, callback, bar):
 
 def _take_step(run, method, grad, rate, options, batch):
     state = run.state
+    if run.growth is not None:  # tdlrt or parallel_bug: their steps, to rounding
+        return prepare(method, run.tucker, grad, options, growth=run.growth).trial(rate)
     if method == "tdlrt":
         return tdlrt_step(run.tucker, grad, rate, state=state, **options)
     if method == "parallel_bug":
@@ -672,6 +713,7 @@ def _searched_steps(run, searcher, steps, options, rules, callback, bar):
                 grad,
                 options,
                 second_gradient=lambda dense: run.gradient_at(dense)[1],
+                growth=run.growth,
             )
         except Exception as error:
             raise run.failed(error, f"step {step}: {method} step") from error

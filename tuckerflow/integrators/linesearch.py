@@ -178,6 +178,7 @@ class _Memory:
     direction: KTangent | None
     params: list[Any] | None
     step: float
+    growth: bool = False
 
 
 class Searcher:
@@ -220,6 +221,8 @@ class Searcher:
         """Search direction (None: steepest descent), slope ``<xi, eta>`` and whether
         the conjugate direction was restarted."""
         xi = prepared.gradient
+        if prepared.growth_sqnorm is not None:  # a growth step: along -Pi G
+            return None, -prepared.growth_sqnorm, True
         steepest = -prepared.grad_sqnorm
         if self.beta is None:
             return None, steepest, False
@@ -276,12 +279,18 @@ class Searcher:
         moved: tuple[Any, Any],
     ) -> float:
         kind = self.config.initial
+        growth = prepared.growth_sqnorm
         if self.memory is None or kind == "lr":
             if self.schedule is not None:
                 return float(self.schedule(index))
             scale = math.sqrt(max(tucker_inner(tucker, tucker), 0.0))
-            return scale / max(prepared.grad_norm, 1e-300)
+            norm = prepared.grad_norm if growth is None else math.sqrt(growth)
+            return scale / max(norm, 1e-300)
         longer = self.memory.step / self.config.shrink
+        if growth is not None or self.memory.growth:
+            # no curvature along the new directions (the last gradient, at a point
+            # nearly stationary for its ranks, says nothing about them)
+            return longer
         if kind == "previous":
             return longer
         long = kind == "bb1" or (kind == "bb" and index % 2 == 0)
@@ -317,6 +326,7 @@ class Searcher:
                 direction=direction,
                 params=prepared.params,
                 step=step,
+                growth=prepared.growth_sqnorm is not None,
             )
             return Outcome(point, new_value, grad, step, restarted)
         return None
