@@ -436,3 +436,53 @@ def test_a_copied_state_is_not_aliased_by_the_layer():
     _train(model, optimizer, 1, 2)
     assert torch.equal(anchor, saved)
     assert not torch.equal(model[0].core.detach(), saved)
+
+
+def test_two_workers_stay_identical_mid_cycle_and_match_one_process(tmp_path):
+    if not torch.distributed.is_available():  # pragma: no cover
+        pytest.skip("torch.distributed is not available")
+    import test_distributed as distributed
+
+    def adapt(text):
+        text = text.replace(
+            "STEPS, CHECKPOINT_STEP, GLOBAL_BATCH = 6, 3, 32",
+            "STEPS, CHECKPOINT_STEP, GLOBAL_BATCH = 7, 4, 32",  # ends mid-cycle
+        )
+        old = "TDLRT(model, lr=0.3, momentum=0.9, tol=0.02)"
+        assert old in text
+        return text.replace(old, old[:-1] + ", basis_update_every=3)")
+
+    distributed._run_two_workers(adapt(distributed.WORKER), tmp_path)
+    states = [
+        torch.load(tmp_path / f"worker{r}.pt", weights_only=True) for r in range(2)
+    ]
+    for key, value in states[0].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, states[1][key]), key
+    namespace: dict = {}
+    exec(adapt(distributed.COMMON), namespace)
+
+    def train(model, optimizer, start):
+        for step in range(start, namespace["STEPS"]):
+            x, y = namespace["global_batch"](step)
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+    reference = namespace["build"]()
+    train(reference, namespace["make_optimizer"](reference), 0)
+    assert tuple(reference[0].core.shape) != (4, 3, 3, 3)  # held augmented
+    for key, value in reference.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch.testing.assert_close(states[0][key], value, atol=1e-10, rtol=0)
+    # worker 0's checkpoint, one step into a cycle, resumes in one process
+    model = namespace["build"]()
+    optimizer = namespace["make_optimizer"](model)
+    load_checkpoint(tmp_path / "checkpoint.pt", model, optimizer)
+    assert optimizer.state[model[0].core]["basis_cycle"]["position"] == 1
+    train(model, optimizer, namespace["CHECKPOINT_STEP"])
+    for key, value in reference.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            torch.testing.assert_close(
+                model.state_dict()[key], value, atol=1e-10, rtol=0
+            )
