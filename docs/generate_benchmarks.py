@@ -94,6 +94,12 @@ HEADERS = {
     "best_error": "best held-out error",
     "final_rank": "final rank",
     "failure": "failure",
+    # basis_update_every
+    "k": "steps per basis update",
+    "augment_ms": "augmenting step (ms)",
+    "galerkin_ms": "Galerkin step (ms)",
+    "truncate_ms": "truncating step (ms)",
+    "stored": "stored weights",
 }
 
 #: Keys never shown as columns: per-epoch curves, diagnostics, bookkeeping, and the
@@ -478,6 +484,37 @@ def _ill_summary(payload: dict) -> list[str]:
 # timing studies ----------------------------------------------------------------------
 
 
+def _basis_update_every_summary(payload: dict) -> list[str]:
+    rows = _by(payload["rows"], "k")
+    every, slowest = rows[1], max(rows.values(), key=lambda r: r["k"])
+    settings = payload["settings"]
+    worst = min(rows.values(), key=lambda r: r["test_accuracy"])
+    return [
+        f"**Claim.** After {settings['steps']} steps, ``basis_update_every="
+        f"{slowest['k']}`` needs {slowest['update_ms'] / every['update_ms']:.2f} "
+        f"{TIMES} the update time of the per-step TDLRT "
+        f"({slowest['step_ms'] / every['step_ms']:.2f} {TIMES} the whole step).",
+        f"**Where we lose.** Test accuracy {_pct(every['test_accuracy'])}% with "
+        f"k = 1, down to {_pct(worst['test_accuracy'])}% with k = {worst['k']} "
+        f"(one seed); with k = {slowest['k']} the network ends with "
+        f"{slowest['stored'] / every['stored']:.2f} {TIMES} the stored weights.",
+    ]
+
+
+def _basis_update_every_rows(payload: dict) -> list[dict]:
+    keep = (
+        "k",
+        "update_ms",
+        "augment_ms",
+        "galerkin_ms",
+        "truncate_ms",
+        "step_ms",
+        "test_accuracy",
+        "stored",
+    )
+    return [{key: row.get(key) for key in keep} for row in payload["rows"]]
+
+
 def _training_step_summary(payload: dict) -> list[str]:
     rows = payload["rows"]
     out = []
@@ -755,6 +792,18 @@ STUDIES: dict[str, Study] = {
         legend="Final loss after the last step. ✗: diverged (the loss became "
         "non-finite or grew far above its start; its peak is shown). \\*: finite but "
         "not monotone.",
+    ),
+    "basis_update_every": Study(
+        "Basis update every k steps",
+        "TDLRT with the bases augmented every k steps, Galerkin steps of the core "
+        "in between and a truncation every k-th step (``basis_update_every=k``), on "
+        "LeNet-5 and Fashion-MNIST: what the cheaper steps cost in accuracy.",
+        "benchmarks/basis_update_every.py",
+        _basis_update_every_summary,
+        _basis_update_every_rows,
+        legend="Update times are means over the steps of each kind (the k values "
+        "trained side by side on the same batches); stored weights after the last "
+        "step, a truncation for every k.",
     ),
     "training_step": Study(
         "Time of one training step",
