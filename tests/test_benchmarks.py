@@ -113,6 +113,16 @@ def test_pretrained_study_quick(tmp_path):
     assert all(0 < r["compression"] < 1 and r["ranks"] for r in truncated)
 
 
+def test_basis_update_every_quick(tmp_path):
+    env = _fashion_env("synthetic", tmp_path / "data")
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's tuckerflow, not an installed one
+    out = _run("basis_update_every.py", tmp_path, env=env)
+    payload = json.loads((tmp_path / "basis_update_every_quick.json").read_text())
+    assert [row["k"] for row in payload["rows"]] == [1, 2, 4, 8]
+    assert all(row["update_ms"] > 0 and row["stored"] > 0 for row in payload["rows"])
+    assert "galerkin ms" in out
+
+
 def _fashion_env(source, folder):
     """The environment of a study run on the synthetic or the Debian Fashion-MNIST."""
     env = {k: v for k, v in os.environ.items() if k != FASHION_VARIABLE}

@@ -55,6 +55,7 @@ from torch import nn
 
 import tuckerflow as tf
 from tuckerflow._checks import available_ranks, check_tol
+from tuckerflow.contractions import GradientContractions
 from tuckerflow.integrators import Adam, Momentum
 from tuckerflow.integrators._blocks import AugmentedStep
 from tuckerflow.integrators.bug import (
@@ -150,6 +151,11 @@ class TDLRT(torch.optim.Optimizer):
             5. truncate: new ranks from tol (||W_new - Ĉ ×_i Û_i|| <= tol ||Ĉ||)
                within [min_rank, max_rank], or with budget jointly over all layers;
                C, U_i <- the truncated HOSVD of Ĉ in the bases Û_i
+            with basis_update_every = k > 1, in a cycle of k steps of the layer:
+               step 1 of the cycle:  1-4, then C, U_i <- Ĉ, Û_i (no truncation)
+               steps 2..k:           C <- C - h (dL/dC + wd C), the U_i fixed
+                                     (dL/dC = G ×_i U_i^T from G)
+               step k:               then 5. truncate (C in the bases U_i)
         for every other parameter p with a gradient (biases, norms, dense layers,
         and the core and factors of 'vanilla' layers):
             g = p.grad + wd p
@@ -169,7 +175,7 @@ class TDLRT(torch.optim.Optimizer):
         As for any torch optimizer: parameters, or parameter groups (dicts with
         ``"params"`` and any of ``lr``, ``tol``, ``relative``, ``momentum``,
         ``nesterov``, ``weight_decay``, ``adam``, ``betas``, ``eps``, ``method``,
-        ``rcond`` overriding the defaults below). A module means
+        ``rcond``, ``basis_update_every`` overriding the defaults below). A module means
         ``module.parameters()`` and lets messages name its Tucker layers. All of a
         Tucker layer's core and factors must be in one group.
     lr : float
@@ -231,6 +237,26 @@ class TDLRT(torch.optim.Optimizer):
         Average the Tucker gradients over a ``torch.distributed`` process group and
         keep all workers identical (default: when a group of several workers is
         initialized); see :mod:`tuckerflow.nn.distributed`.
+    basis_update_every : int, default 1
+        ``k >= 1``, the number of optimizer steps per basis update of every Tucker
+        layer. ``1``: the TDLRT (or parallel BUG) step above in every step. ``k >
+        1``: the schedule of Schotthöfer et al.'s public Tucker code [7]_ (the
+        single-backward augmented step of [8]_): a cycle of ``k`` steps per layer
+        (one forward and backward each) that augments the bases in its first step,
+        takes Galerkin steps of the core in the augmented bases in the others, and
+        truncates in its last. What it trades: a ``k``-th of the K-steps, QRs and
+        SVDs (cheaper steps, see ``benchmarks/basis_update_every.py``) for bases
+        that see only every ``k``-th gradient, and ranks decided only every ``k``
+        steps; in between a layer holds its augmented point (ranks up to ``2 r_i``,
+        above ``max_rank``, and up to about four times the stored weights of a
+        matrix, more for higher orders), so ``budget`` and ``tol`` hold after each
+        truncation only. The momentum/Adam state follows (the K-state, not updated
+        during the Galerkin steps, is moved at the truncation from the core at
+        which it was last expressed); the cycle's position is saved with the
+        layer's state, so :meth:`state_dict` mid-cycle resumes exactly. Cycles are
+        per layer (a layer without a gradient in a step does not advance); layers
+        that get a gradient in every step truncate together, as a ``budget``
+        needs. Ignored by ``method='vanilla'`` (no bases to update).
 
     Raises
     ------
@@ -243,9 +269,10 @@ class TDLRT(torch.optim.Optimizer):
         outside ``[0, 1)``
         with ``relative=True`` or negative; ``momentum`` lies outside ``[0, 1)``;
         ``nesterov`` is set without momentum; ``weight_decay`` is negative;
-        ``distributed=True`` has no initialized process group; ``params`` is a module
-        holding a ``DistributedDataParallel`` that reduces Tucker parameters (built
-        without :func:`~tuckerflow.nn.prepare_ddp`); or a parameter group is
+        ``basis_update_every`` is not an int ``>= 1``; ``distributed=True`` has no
+        initialized process group; ``params`` is a module holding a
+        ``DistributedDataParallel`` that reduces Tucker parameters (built without
+        :func:`~tuckerflow.nn.prepare_ddp`); or a parameter group is
         refused (:meth:`add_param_group`). :meth:`step` raises too.
     TypeError
         If ``tol`` is not a real number.
@@ -271,6 +298,11 @@ class TDLRT(torch.optim.Optimizer):
        initialization and momentum in deep learning", ICML 2013.
     .. [6] D. P. Kingma, J. Ba, "Adam: A method for stochastic optimization",
        ICLR 2015.
+    .. [7] S. Schotthöfer, H. L. Yang, S. Schnake, "Dynamical low-rank compression
+       of neural networks with robustness under adversarial attacks",
+       arXiv:2505.08022, 2025; code: https://github.com/ScSteffen/RobustDLRT.
+    .. [8] S. Schotthöfer, E. Zangrando, G. Ceruti, F. Tudisco, J. Kusch, "GeoLoRA:
+       Geometric integration for parameter efficient fine-tuning", ICLR 2025.
 
     Examples
     --------
@@ -301,6 +333,7 @@ class TDLRT(torch.optim.Optimizer):
         method: str = "auto",
         rcond: float | None = None,
         distributed: bool | None = None,
+        basis_update_every: int = 1,
     ) -> None:
         # parameter id -> its Tucker layer, and the layers' names for messages
         self._owners: dict[int, TuckerLayer] = {}
@@ -362,6 +395,7 @@ class TDLRT(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        _check_basis_update_every(basis_update_every)
         defaults = dict(
             lr=lr,
             tol=tol,
@@ -374,6 +408,7 @@ class TDLRT(torch.optim.Optimizer):
             eps=eps,
             method=method,
             rcond=rcond,
+            basis_update_every=basis_update_every,
         )
         super().__init__(params, defaults)
         if budget is not None:
@@ -429,16 +464,16 @@ class TDLRT(torch.optim.Optimizer):
         param_group : dict
             ``"params"`` and any of the per-group options of :class:`TDLRT`
             (``lr``, ``tol``, ``relative``, ``momentum``, ``nesterov``,
-            ``weight_decay``, ``adam``, ``betas``, ``eps``, ``method``, ``rcond``);
-            missing ones take the constructor's values.
+            ``weight_decay``, ``adam``, ``betas``, ``eps``, ``method``, ``rcond``,
+            ``basis_update_every``); missing ones take the constructor's values.
 
         Raises
         ------
         ValueError
-            If ``tol`` or ``method`` is invalid, a Tucker layer's core and factors
-            are not all in this group, its ``weight_delta`` is in another group,
-            ``method='tdlrt'`` meets a factorized layer, or (torch) a parameter is
-            already in another group.
+            If ``tol``, ``method`` or ``basis_update_every`` is invalid, a Tucker
+            layer's core and factors are not all in this group, its
+            ``weight_delta`` is in another group, ``method='tdlrt'`` meets a
+            factorized layer, or (torch) a parameter is already in another group.
         TypeError
             If ``tol`` is not a real number, or (torch) ``params`` is a set or a
             single tensor.
@@ -446,6 +481,7 @@ class TDLRT(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         check_tol(group["tol"], group["relative"])
+        _check_basis_update_every(group["basis_update_every"])
         if group["method"] not in METHODS:
             raise ValueError(
                 f"method must be one of {METHODS}, got {group['method']!r}"
@@ -676,7 +712,7 @@ class TDLRT(torch.optim.Optimizer):
         for group, layers, ordinary in plans:
             for parameter in ordinary:
                 self._ordinary_update(group, parameter)
-            pending += self._augment_group(group, layers)
+            pending += self._basis_cycle(group, layers)  # basis_update_every
         if pending:
             with phase("truncation"), tf.use_backend("pytorch"):
                 # every SVD of the augmented cores, batched over layers of one shape;
@@ -910,6 +946,129 @@ class TDLRT(torch.optim.Optimizer):
         return [
             (group, layer, augmented) for (layer, _), augmented in zip(layers, steps)
         ]
+
+    # ------------------------------------------------ basis_update_every = k
+    def _basis_cycle(self, group, layers) -> list[tuple[Any, TuckerLayer, Any]]:
+        """The layers of a group under ``basis_update_every = k``: returns those to
+        truncate in this step, as :meth:`_augment_group` does (which it is, for
+        ``k = 1`` with no cycle in progress).
+
+        A layer's position in its cycle of ``k`` steps is kept with its core's
+        optimizer state (``"basis_cycle"``, present from the end of the cycle's first
+        step until the truncation), so a ``state_dict`` taken mid-cycle resumes it.
+        First step: steps 1-4 of the class docstring, then with ``k > 1`` the layer
+        takes the augmented point untruncated (:meth:`_hold_augmented`). Later steps:
+        a Galerkin step of the core in the fixed bases
+        (:meth:`_galerkin_core_step`); the ``k``-th is truncated with the others.
+        """
+        every = group["basis_update_every"]
+        starting, continuing = [], []
+        for layer, gradients in layers:
+            in_cycle = "basis_cycle" in self.state.get(layer.core, {})
+            (continuing if in_cycle else starting).append((layer, gradients))
+        if every == 1 and not continuing:
+            return self._augment_group(group, layers)
+        now: dict[int, tuple[Any, TuckerLayer, Any]] = {}
+        written = []
+        for entry in self._augment_group(group, starting) if starting else []:
+            _, layer, augmented = entry
+            if every == 1:
+                now[id(layer)] = entry
+            else:
+                self._hold_augmented(layer, augmented)
+                written.append(layer)
+        for layer, gradients in continuing:
+            augmented = self._galerkin_core_step(group, layer, gradients, every)
+            if augmented is None:
+                written.append(layer)
+            else:
+                now[id(layer)] = (group, layer, augmented)
+        if self._distributed and written:
+            self._broadcast_tucker_layers(written)
+            self._broadcast_cycle_anchors(written)
+        for layer in written:
+            self._record_factors(layer)
+        return [now[id(layer)] for layer, _ in layers if id(layer) in now]
+
+    def _hold_augmented(self, layer: TuckerLayer, augmented: AugmentedStep) -> None:
+        """First step of a cycle: the layer takes the augmented core ``Ĉ`` in the
+        bases ``Û_i`` untruncated (ranks up to ``2 r_i``, above ``max_rank`` for
+        now); its momentum/Adam state moves into those coordinates. A mode whose
+        augmented size exceeds what the core's (or the weight's) other modes allow
+        is cut to that size, which drops nothing."""
+        dims = tuple(augmented.core.shape)
+        held = tuple(
+            min(d, a, b)
+            for d, a, b in zip(
+                dims, available_ranks(dims), available_ranks(layer.weight_shape)
+            )
+        )
+        with phase("core step"), tf.use_backend("pytorch"):
+            out = augmented.finish(rank=held, min_rank=held, max_rank=held)
+        cycle: dict[str, Any] = {"position": 1}
+        if augmented.state is not None:
+            new, state = out
+            self.state[layer.core]["tucker_state"] = _pack(state)
+            # the K-state is now expressed at this core (its Q_i): the truncation
+            # at the end of the cycle moves it from there
+            cycle["anchor"] = new.core.clone()
+        else:
+            new = out
+        layer.set_tucker(new)
+        self.state[layer.core]["basis_cycle"] = cycle
+
+    def _galerkin_core_step(
+        self, group, layer: TuckerLayer, gradients, every: int
+    ) -> AugmentedStep | None:
+        """A later step of a cycle: ``C <- C - h d(dL/dC)`` with the factors fixed
+        (``dL/dC = G ×_i U_i^T``, or the core's own gradient for a factorized layer;
+        plus ``wd C``; ``d`` the momentum/Adam direction). Applied to the layer, or,
+        at the cycle's last step, returned untruncated for the truncation."""
+        tucker, gradients, state = self._prepare(group, layer, gradients)
+        core, factors = tucker.core, list(tucker.factors)
+        with tf.use_backend("pytorch"):
+            with phase("contractions"):
+                if "weight" in gradients:
+                    contractions = GradientContractions(gradients["weight"], factors)
+                    core_grad = contractions.core_gradient()
+                else:
+                    core_grad = gradients["core"]
+            with phase("core step"):
+                if group["weight_decay"]:
+                    core_grad = core_grad + group["weight_decay"] * core
+                direction = core_grad
+                if state is not None:
+                    state = state.begin_step()
+                    direction, state = state.core_direction(core_grad)
+                new_core = core - group["lr"] * direction
+        cycle = self.state[layer.core]["basis_cycle"]
+        # a state created within the cycle has zero K-buffers at the present core
+        anchor = cycle.get("anchor", core)
+        if cycle["position"] + 1 < every:
+            cycle["position"] += 1
+            if state is not None:
+                self.state[layer.core]["tucker_state"] = _pack(state)
+                cycle["anchor"] = anchor.clone() if anchor is core else anchor
+            layer.set_tucker((new_core, factors))
+            return None
+        del self.state[layer.core]["basis_cycle"]
+        return AugmentedStep(
+            new_core,
+            factors,
+            state,
+            factors,
+            None if state is None else [None] * len(factors),
+            old_core=anchor,  # where the K-state was last expressed, not ``core``
+        )
+
+    def _broadcast_cycle_anchors(self, layers) -> None:
+        """Worker 0's anchor cores (the K-state's coordinates) of layers mid-cycle."""
+        import torch.distributed as dist
+
+        for layer in layers:
+            anchor = self.state[layer.core].get("basis_cycle", {}).get("anchor")
+            if anchor is not None:
+                dist.broadcast(anchor, src=0)
 
     def _prepare(self, group, layer: TuckerLayer, gradients):
         """The layer's point, gradients and optimizer state in its compute dtype."""
@@ -1153,6 +1312,15 @@ def _refuse_unprepared_ddp(root: nn.Module) -> None:
                     "model)), or create the optimizer on the unwrapped model "
                     "before wrapping it (TDLRT(model, ...) then applies prepare_ddp)"
                 )
+
+
+def _check_basis_update_every(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            "basis_update_every must be an int >= 1 (1: the TDLRT step in every "
+            "step; k > 1: augment the bases every k steps, Galerkin steps of the "
+            f"core in between, truncate every k-th step), got {value!r}"
+        )
 
 
 def _gram_term(tucker: Any, mode: int) -> torch.Tensor:
