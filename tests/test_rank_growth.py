@@ -17,7 +17,7 @@ def _orthonormal(rng, rows, cols):
     return np.linalg.qr(rng.standard_normal((rows, cols)))[0]
 
 
-def _diagonal_target(shape=(9, 8, 7), values=(3.0, 2.0, 1.0), seed=0):
+def _diagonal_target(shape=(9, 8, 7), values=(3.0, 2.0, 0.8), seed=0):
     """``A = sum_k values[k] a_k x b_k x c_k`` with orthonormal a, b, c, and the
     exact best rank-1 fit ``values[0] a_0 x b_0 x c_0`` (a diagonal core: every
     K-gradient at that fit is zero, so it is stationary for rank (1, 1, 1))."""
@@ -64,7 +64,8 @@ def test_grows_from_a_point_stationary_for_its_rank(backend, method):
         assert old.history.loss[-1] == pytest.approx(old.history.loss[0], rel=1e-10)
     assert new.tucker.rank == (3, 3, 3)
     assert new.history.loss[-1] < 1e-20 * new.history.loss[0]
-    # greedy: at most one direction per mode per growth (ties within 10% included)
+    # normal spectrum (2, 0.8) then (0.8): the second direction is below the floor
+    # (half the steepest) at the first growth, so each growth adds one direction
     for before, after in zip(new.history.ranks, new.history.ranks[1:]):
         assert all(0 <= b - a <= 1 for a, b in zip(before, after))
 
@@ -190,3 +191,49 @@ def test_monitor_does_not_grow_a_moving_point():
         grad, start.factors, 1e6, (8, 8, 8)
     )
     assert not plan.grows
+
+
+def _normal_plan(values, shape, config=None):
+    """The growth plan at the exact rank-1 fit of a diagonal target."""
+    target, start = _diagonal_target(shape=shape, values=values)
+    _, grad = _least_squares(target)(tl.tucker_to_tensor(start))
+    return Monitor(config or tf.RankGrowth()).plan(grad, start[1], 0.0, shape)
+
+
+def test_growth_adds_every_direction_above_a_gap(backend):
+    """Three equally steep missing directions, then nothing: one growth adds all
+    three in every mode (the gap rule), not one at a time."""
+    plan = _normal_plan((3.0, 1.0, 1.0, 1.0), (9, 8, 7))
+    assert plan.extra == (3, 3, 3)
+    for directions in plan.directions:
+        assert to_np(directions).shape[1] == 3
+    # a small second group below the floor (a tenth of the steepest): still three
+    plan = _normal_plan((3.0, 1.0, 1.0, 1.0, 0.1, 0.1), (9, 8, 7))
+    assert plan.extra == (3, 3, 3)
+
+
+def test_growth_without_a_gap_stays_greedy(backend):
+    """A smooth normal spectrum (ratio 1/0.93 between neighbours, below the gap
+    1.1, down past the floor): only the directions within ``ratio`` of the
+    steepest, as the greedy rule adds."""
+    values = (3.0, *(0.93**k for k in range(11)))
+    plan = _normal_plan(values, (14, 13, 12))
+    assert plan.extra == (2, 2, 2)  # 1 and 0.93 >= 0.9; 0.865 is not
+    # ratio near 1: one direction per mode (the greedy rank-one update)
+    plan = _normal_plan(values, (14, 13, 12), tf.RankGrowth(ratio=0.99, gap=2.0))
+    assert plan.extra == (1, 1, 1)
+
+
+def test_undone_growth_is_not_retried_at_once():
+    """A growth whose new directions the step drops again (the ranks come back):
+    no growth at those ranks for ``refresh`` iterations, then twice as long."""
+    target, start = _diagonal_target(values=(3.0, 1.0, 1.0, 1.0))
+    _, grad = _least_squares(target)(tl.tucker_to_tensor(start))
+    monitor = Monitor(tf.RankGrowth(refresh=3))
+    caps = (9, 8, 7)
+    assert monitor.plan(grad, start[1], 0.0, caps).grows
+    grown = []
+    for _ in range(12):  # the same point again: the growth was undone
+        grown.append(monitor.plan(grad, start[1], 0.0, caps).grows)
+    assert grown[:3] == [False] * 3 and grown[3]
+    assert grown[4:10] == [False] * 6 and grown[10]
