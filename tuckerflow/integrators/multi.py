@@ -488,6 +488,7 @@ def decompose_multi(
     steps: Sequence[AugmentedStep],
     bounds: Sequence[dict[str, Any]],
     extra: Sequence[Any] = (),
+    valid: Any = None,
 ) -> list[np.ndarray]:
     """Batched SVDs of the augmented cores, cached in each step; one host transfer.
 
@@ -510,6 +511,11 @@ def decompose_multi(
         passed to ``select`` and ``finish``.
     extra : sequence of tensors, optional
         More device values for the same transfer (a caller's finiteness check, say).
+    valid : 0-d boolean tensor, optional
+        Where false, the cores are factorized as zeros: a caller that checks its
+        gradients in the same transfer, and drops the steps if one is not finite,
+        never hands non-finite values to the SVD (whose failure would cost
+        another transfer, or an error). No effect on the results when true.
 
     Returns
     -------
@@ -539,6 +545,8 @@ def decompose_multi(
     decomposed, device = [], []
     for (dims, pinned, _), members in groups.items():
         stack = _stack([steps[i].core for i in members])
+        if valid is not None:
+            stack = tl.where(valid, stack, tl.zeros_like(stack))
         order = len(dims)
         bases, spectra = [None] * order, [None] * order
         if order == 2 and not any(pinned):

@@ -64,6 +64,7 @@ from tuckerflow.integrators.multi import (
     decompose_multi,
     parallel_augment_multi,
     tdlrt_augment_multi,
+    truncate_multi,
 )
 from tuckerflow.profiling import phase
 from tuckerflow.ranks import (
@@ -657,11 +658,40 @@ class TDLRT(torch.optim.Optimizer):
         return {p.device.type for g in self.param_groups for p in g["params"]}
 
     def _step(self, loss: Any) -> None:
+        """The update, reading the device once (issue 14).
+
+        The Tucker layers are augmented first; then the gradient and loss sums (the
+        non-finite check) and every singular value and core norm the rank rules
+        read travel to the host in one transfer (:func:`decompose_multi`). A
+        non-finite value skips the step there, before anything is written: the
+        augmentation is pure (new tensors, the stored state untouched) and is
+        dropped. Otherwise the ranks are decided on the host, the truncation and
+        the state transport run batched on the device with those ints, and the
+        ordinary parameters take their update.
+        """
         stale = self._check_factors()
         plans = self._collect(stale)
         if self._distributed:
             self._average_tucker_gradients(plans)
-        problem = self._non_finite(loss, plans)
+        sums, names = self._finiteness_sums(loss, plans)
+        pending = []
+        for group, layers, _ in plans:
+            pending += self._augment_group(group, layers)
+        bounds = [
+            {"min_rank": layer.min_rank, "max_rank": layer.max_rank}
+            for _, layer, _ in pending
+        ]
+        extra, valid = [], None
+        if sums is not None:
+            extra, valid = [sums], torch.isfinite(sums).all()
+        with phase("truncation"), tf.use_backend("pytorch"):
+            # every SVD of the augmented cores, batched over layers of one shape
+            # (of zeros if something is not finite: the step is dropped below);
+            # the one transfer: their spectra and norms with the sums
+            host = decompose_multi(
+                [a for _, _, a in pending], bounds, extra, valid=valid
+            )
+        problem = self._problem(host, names)
         if self._distributed:
             problem = self._agree_on_skipping(problem)
         if problem is not None:
@@ -672,26 +702,18 @@ class TDLRT(torch.optim.Optimizer):
                 stacklevel=5,  # the caller of step() (past no_grad and the hooks)
             )
             return
-        pending = []
-        for group, layers, ordinary in plans:
+        for group, _, ordinary in plans:
             for parameter in ordinary:
                 self._ordinary_update(group, parameter)
-            pending += self._augment_group(group, layers)
         if pending:
-            with phase("truncation"), tf.use_backend("pytorch"):
-                # every SVD of the augmented cores, batched over layers of one shape;
-                # rank choice and truncation below reuse them
-                decompose_multi(
-                    [augmented for _, _, augmented in pending],
-                    [
-                        {"min_rank": layer.min_rank, "max_rank": layer.max_rank}
-                        for _, layer, _ in pending
-                    ],
-                )
             with phase("truncation"):
                 ranks = self._decide_ranks(pending)
-                for (_, layer, augmented), rank in zip(pending, ranks):
-                    self._finish(layer, augmented, rank)
+                with tf.use_backend("pytorch"):
+                    results = truncate_multi(
+                        [augmented for _, _, augmented in pending], ranks, bounds
+                    )
+                for (_, layer, augmented), result in zip(pending, results):
+                    self._finish(layer, augmented, result)
             if self._distributed:
                 self._broadcast_tucker_layers([layer for _, layer, _ in pending])
             for _, layer, _ in pending:
@@ -799,11 +821,13 @@ class TDLRT(torch.optim.Optimizer):
         return plans
 
     @staticmethod
-    def _non_finite(loss: Any, plans) -> str | None:
-        if loss is not None and isinstance(loss, torch.Tensor):
-            if not torch.isfinite(loss.detach()).all():
-                return f"the loss is {loss.item()}"
+    def _finiteness_sums(loss: Any, plans) -> tuple[torch.Tensor | None, list[str]]:
+        """The sums of the loss and of every gradient (non-finite iff one of their
+        entries is), on the device, and what each one is, for the message."""
         sums, names = [], []
+        if isinstance(loss, torch.Tensor):
+            sums.append(loss.detach().sum())
+            names.append("the loss")
         for _, layers, ordinary in plans:
             for layer, gradients in layers:
                 tensors = [gradients.get("weight"), gradients.get("core")]
@@ -818,11 +842,22 @@ class TDLRT(torch.optim.Optimizer):
                     f"the gradient of a parameter of shape {tuple(parameter.shape)}"
                 )
         if not sums:
+            return None, names
+        return torch.stack([s.to(torch.float64) for s in sums]), names
+
+    @staticmethod
+    def _problem(host, names: list[str]) -> str | None:
+        """Why the step must be skipped, from the host copy of the sums; None if
+        everything is finite."""
+        if not host:
             return None
-        finite = torch.isfinite(torch.stack([s.to(torch.float64) for s in sums]))
-        if bool(finite.all()):
-            return None
-        return f"{names[int((~finite).nonzero()[0])]} is not finite"
+        sums = host[0]
+        for value, name in zip(sums, names):
+            if not math.isfinite(value):
+                if name == "the loss":
+                    return f"the loss is {value}"
+                return f"{name} is not finite"
+        return None
 
     def _ordinary_update(self, group: dict[str, Any], parameter: torch.Tensor) -> None:
         grad = parameter.grad
@@ -989,14 +1024,12 @@ class TDLRT(torch.optim.Optimizer):
             ]
         problems = []
         for _, layer, augmented in pending:
+            # decomposed by decompose_multi: the spectra are host copies already
             decomposition = augmented.decompose(layer.min_rank, layer.max_rank)
             dims = available_ranks(tuple(augmented.core.shape))
             problems.append(
                 {
-                    "spectra": [
-                        None if s is None else s.detach().cpu().numpy()
-                        for s in decomposition.spectra
-                    ],
+                    "spectra": list(decomposition.spectra),
                     "shape": layer.weight_shape,
                     "min_rank": tuple(
                         min(lo, d) for lo, d in zip(layer.min_rank, dims)
@@ -1018,11 +1051,8 @@ class TDLRT(torch.optim.Optimizer):
             problems, self._budget_now() - fixed, criterion=self.budget_criterion
         )
 
-    def _finish(self, layer: TuckerLayer, augmented: AugmentedStep, rank) -> None:
-        with tf.use_backend("pytorch"):
-            out = augmented.finish(
-                rank=rank, min_rank=layer.min_rank, max_rank=layer.max_rank
-            )
+    def _finish(self, layer: TuckerLayer, augmented: AugmentedStep, out) -> None:
+        """Store a truncated step (:func:`truncate_multi`'s result) in the layer."""
         if augmented.state is not None:
             new, state = out
             self.state[layer.core]["tucker_state"] = _pack(state)
