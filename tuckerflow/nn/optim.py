@@ -3,8 +3,10 @@
 Every Tucker layer (:class:`~tuckerflow.nn.TuckerLayer`) whose parameters are in the
 optimizer is updated by the core integrators under TensorLy's pytorch backend; every
 other parameter (biases, BatchNorm, dense layers) takes the matching ordinary update
-(SGD with momentum, or Adam). Ranks change in place: the layer's ``Parameter`` objects
-are kept and their data swapped.
+(SGD with momentum, or Adam: ``torch.optim``'s functional ``sgd``/``adam`` with
+``foreach=True`` on all of a group's parameters at once, giving the iterates and the
+state of ``torch.optim.SGD``/``Adam``). Ranks change in place: the layer's
+``Parameter`` objects are kept and their data swapped.
 
 How each Tucker layer gets its gradient (``method``):
 
@@ -52,6 +54,8 @@ from typing import Any
 import torch
 from tensorly.tucker_tensor import TuckerTensor
 from torch import nn
+from torch.optim.adam import adam as functional_adam
+from torch.optim.sgd import sgd as functional_sgd
 
 import tuckerflow as tf
 from tuckerflow._checks import available_ranks, check_tol
@@ -703,8 +707,7 @@ class TDLRT(torch.optim.Optimizer):
             )
             return
         for group, _, ordinary in plans:
-            for parameter in ordinary:
-                self._ordinary_update(group, parameter)
+            self._ordinary_update(group, ordinary)
         if pending:
             with phase("truncation"):
                 ranks = self._decide_ranks(pending)
@@ -859,38 +862,66 @@ class TDLRT(torch.optim.Optimizer):
                 return f"{name} is not finite"
         return None
 
-    def _ordinary_update(self, group: dict[str, Any], parameter: torch.Tensor) -> None:
-        grad = parameter.grad
-        if group["weight_decay"]:
-            grad = grad.add(parameter, alpha=group["weight_decay"])
-        state = self.state[parameter]
-        lr = group["lr"]
+    def _ordinary_update(self, group: dict[str, Any], parameters: list) -> None:
+        """SGD (momentum, Nesterov) or Adam on all ordinary parameters of a group at
+        once: ``torch.optim``'s functional ``sgd``/``adam`` with ``foreach=True``
+        (its multi-tensor path), on state under ``torch.optim``'s keys
+        (``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``), so the
+        iterates are those of ``torch.optim.SGD``/``Adam(foreach=True)``."""
+        if not parameters:
+            return
+        grads = [parameter.grad for parameter in parameters]
         if group["adam"]:
+            exp_avgs, exp_avg_sqs, steps = [], [], []
+            for parameter in parameters:
+                state = self.state[parameter]
+                if not state:
+                    # on the host, in torch.optim's scalar dtype (as Adam's own)
+                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                    state["exp_avg"] = torch.zeros_like(
+                        parameter, memory_format=torch.preserve_format
+                    )
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        parameter, memory_format=torch.preserve_format
+                    )
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
             beta1, beta2 = group["betas"]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float64)
-                state["exp_avg"] = torch.zeros_like(parameter)
-                state["exp_avg_sq"] = torch.zeros_like(parameter)
-            state["step"] += 1
-            step = float(state["step"])
-            state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denominator = (
-                (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["eps"])
-            )
-            parameter.addcdiv_(
-                state["exp_avg"], denominator, value=-lr / (1 - beta1**step)
+            functional_adam(
+                parameters,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                foreach=True,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
             )
             return
-        momentum = group["momentum"]
-        if momentum:
-            buffer = state.get("momentum_buffer")
-            if buffer is None:
-                buffer = state["momentum_buffer"] = grad.clone()
-            else:
-                buffer.mul_(momentum).add_(grad)
-            grad = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
-        parameter.add_(grad, alpha=-lr)
+        # (no empty state entries for plain SGD, as torch.optim.SGD)
+        buffers = [self.state.get(p, {}).get("momentum_buffer") for p in parameters]
+        functional_sgd(
+            parameters,
+            grads,
+            buffers,  # None entries are filled with new buffers
+            foreach=True,
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            lr=group["lr"],
+            dampening=0.0,
+            nesterov=group["nesterov"],
+            maximize=False,
+        )
+        if group["momentum"]:
+            for parameter, buffer in zip(parameters, buffers):
+                self.state[parameter]["momentum_buffer"] = buffer
 
     def _core_state(self, group: dict[str, Any], layer: TuckerLayer, tucker: Any):
         packed = self.state[layer.core].get("tucker_state")
@@ -1183,6 +1214,12 @@ def _refuse_unprepared_ddp(root: nn.Module) -> None:
                     "model)), or create the optimizer on the unwrapped model "
                     "before wrapping it (TDLRT(model, ...) then applies prepare_ddp)"
                 )
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype ``torch.optim`` gives its ``step`` counters."""
+    default = torch.get_default_dtype()
+    return torch.float64 if default == torch.float64 else torch.float32
 
 
 def _gram_term(tucker: Any, mode: int) -> torch.Tensor:
