@@ -9,6 +9,12 @@ through). The mathematics is that of :func:`~tuckerflow.integrators.tdlrt_step`
 (docs/concepts.rst, "The TDLRT step"), which stays the readable reference; these
 functions give the same iterates up to rounding.
 
+The truncation reads the device once: :func:`decompose_multi` copies every singular
+value and core norm the rank rules need (and any values of the caller, e.g. a
+finiteness check) to the host in one transfer (:func:`to_host`); the ranks are
+decided there (:mod:`tuckerflow.ranks` works on NumPy spectra), and
+:func:`truncate_multi` truncates on the device, indexed by those Python ints.
+
 Nothing is validated here (as in the optimizer's unchecked path): points orthonormal,
 gradients finite, rules checked by the caller. Weight decay is the caller's: pass
 ``G + wd * W`` as the gradient.
