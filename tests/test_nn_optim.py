@@ -365,3 +365,20 @@ def test_an_older_adam_state_of_ordinary_parameters_still_loads():
     for p, q in zip(model.parameters(), mirror.parameters()):
         torch.testing.assert_close(p, q, atol=0, rtol=0)
     assert float(a.state[next(model.parameters())]["step"]) == 6
+
+
+def test_a_sparse_gradient_takes_plain_sgd():
+    # nn.Embedding(sparse=True): the foreach path is told (has_sparse_grad)
+    import copy
+
+    torch.manual_seed(0)
+    ours = nn.Embedding(10, 4, sparse=True)
+    mirror = copy.deepcopy(ours)
+    a = TDLRT(ours.parameters(), lr=0.1)
+    b = torch.optim.SGD(mirror.parameters(), lr=0.1)
+    for _ in range(2):
+        for net, optimizer in ((ours, a), (mirror, b)):
+            optimizer.zero_grad()
+            net(torch.tensor([1, 2, 2])).sum().backward()
+            optimizer.step()
+    torch.testing.assert_close(ours.weight, mirror.weight, atol=0, rtol=0)

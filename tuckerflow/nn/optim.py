@@ -911,6 +911,7 @@ class TDLRT(torch.optim.Optimizer):
             parameters,
             grads,
             buffers,  # None entries are filled with new buffers
+            has_sparse_grad=any(grad.is_sparse for grad in grads),  # (embeddings)
             foreach=True,
             weight_decay=group["weight_decay"],
             momentum=group["momentum"],
