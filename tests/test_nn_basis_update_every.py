@@ -482,3 +482,41 @@ def test_two_workers_stay_identical_mid_cycle_and_match_one_process(tmp_path):
             torch.testing.assert_close(
                 model.state_dict()[key], value, atol=1e-10, rtol=0
             )
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_a_non_finite_step_leaves_the_cycle_as_it_was(position):
+    # a NaN gradient at the cycle's first, a middle or its last step skips the
+    # step: weights, optimizer state and the cycle position are untouched, and the
+    # next finite steps continue as if the bad batch had never come
+    every = 3
+    model, clean = _model(), _model()
+    optimizer = TDLRT(model, lr=LR, tol=TOL, momentum=0.9, basis_update_every=every)
+    reference = TDLRT(clean, lr=LR, tol=TOL, momentum=0.9, basis_update_every=every)
+    _train(model, optimizer, 0, position)
+    _train(clean, reference, 0, position)
+    before = copy.deepcopy(optimizer.state_dict())
+    weights = _snapshot(model)
+    x, y = _batch(position)
+    optimizer.zero_grad()
+    (F.mse_loss(model(x), y) * float("nan")).backward()
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        optimizer.step()
+    for (rank, weight, _), (rank_after, weight_after, _) in zip(
+        weights, _snapshot(model)
+    ):
+        assert rank == rank_after and torch.equal(weight, weight_after)
+    after = optimizer.state_dict()
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(_tensors(before["state"]), _tensors(after["state"]))
+    )
+    _train(model, optimizer, position, 2 * every + 1)
+    _train(clean, reference, position, 2 * every + 1)
+    _compare_models(model, clean)
+
+
+def _compare_models(model, clean):
+    for layer, other in zip(_layers(model), _layers(clean)):
+        assert layer.rank == other.rank
+        assert torch.equal(layer.weight, other.weight)

@@ -282,3 +282,103 @@ def test_a_deep_copied_model_trains_its_own_layers():
     optimizer.step()
     torch.testing.assert_close(original.weight.detach(), before)  # untouched
     assert not torch.allclose(clone.weight.detach(), before)
+
+
+@pytest.mark.parametrize(
+    "ours, torch_cls, theirs",
+    [
+        ({}, torch.optim.SGD, {}),
+        (
+            {"momentum": 0.9, "weight_decay": 0.01},
+            torch.optim.SGD,
+            {"momentum": 0.9, "weight_decay": 0.01},
+        ),
+        (
+            {"momentum": 0.8, "nesterov": True},
+            torch.optim.SGD,
+            {"momentum": 0.8, "nesterov": True},
+        ),
+        (
+            {"adam": True, "weight_decay": 0.01, "betas": (0.8, 0.99), "eps": 1e-6},
+            torch.optim.Adam,
+            {"weight_decay": 0.01, "betas": (0.8, 0.99), "eps": 1e-6},
+        ),
+    ],
+)
+def test_ordinary_parameters_take_torch_optims_multi_tensor_step(
+    ours, torch_cls, theirs
+):
+    # biases, BatchNorm and dense layers go through torch.optim's functional
+    # sgd/adam with foreach=True, all of a group's parameters at once: the
+    # iterates and the state (torch.optim's keys) of SGD/Adam(foreach=True)
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+    mirror = copy.deepcopy(model)
+    x, y = torch.randn(8, 4), torch.randn(8, 3)
+    a = TDLRT(model.parameters(), lr=0.05, **ours)
+    b = torch_cls(mirror.parameters(), lr=0.05, foreach=True, **theirs)
+    for _ in range(5):
+        for net, optimizer in ((model, a), (mirror, b)):
+            optimizer.zero_grad()
+            F.mse_loss(net(x), y).backward()
+            optimizer.step()
+    for p, q in zip(model.parameters(), mirror.parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+    torch.testing.assert_close(
+        a.state_dict()["state"], b.state_dict()["state"], atol=0, rtol=0
+    )
+
+
+def test_an_older_adam_state_of_ordinary_parameters_still_loads():
+    # before the foreach path the step counters were float64 tensors: such a
+    # checkpoint resumes as torch.optim.Adam resumes it
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3))
+    x, y = torch.randn(8, 4), torch.randn(8, 3)
+    optimizer = TDLRT(model.parameters(), lr=0.05, adam=True)
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    for state in saved["state"].values():
+        state["step"] = state["step"].to(torch.float64)  # the old format
+    mirror = copy.deepcopy(model)
+    a = TDLRT(model.parameters(), lr=0.05, adam=True)
+    a.load_state_dict(saved)
+    b = torch.optim.Adam(mirror.parameters(), lr=0.05, foreach=True)
+    b.load_state_dict(  # (its own copy: loading keeps the tensors of a dict)
+        {
+            "state": copy.deepcopy(saved["state"]),
+            "param_groups": b.state_dict()["param_groups"],
+        }
+    )
+    for _ in range(3):
+        for net, opt in ((model, a), (mirror, b)):
+            opt.zero_grad()
+            F.mse_loss(net(x), y).backward()
+            opt.step()
+    for p, q in zip(model.parameters(), mirror.parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+    assert float(a.state[next(model.parameters())]["step"]) == 6
+
+
+def test_a_sparse_gradient_takes_plain_sgd():
+    # nn.Embedding(sparse=True): the foreach path is told (has_sparse_grad)
+    import copy
+
+    torch.manual_seed(0)
+    ours = nn.Embedding(10, 4, sparse=True)
+    mirror = copy.deepcopy(ours)
+    a = TDLRT(ours.parameters(), lr=0.1)
+    b = torch.optim.SGD(mirror.parameters(), lr=0.1)
+    for _ in range(2):
+        for net, optimizer in ((ours, a), (mirror, b)):
+            optimizer.zero_grad()
+            net(torch.tensor([1, 2, 2])).sum().backward()
+            optimizer.step()
+    torch.testing.assert_close(ours.weight, mirror.weight, atol=0, rtol=0)

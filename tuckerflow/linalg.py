@@ -180,12 +180,13 @@ def _like(array: np.ndarray, matrix: Any) -> Any:
     return tl.tensor(array, **plain_context(matrix))
 
 
-def _svd(matrix: Any) -> tuple[Any, Any, Any]:
+def _svd(matrix: Any, check_finite: bool = True) -> tuple[Any, Any, Any]:
     if _on_host(matrix, "svd"):
         factors = np.linalg.svd(tl.to_numpy(matrix), full_matrices=False)
         return tuple(_like(f, matrix) for f in factors)
     factors = tl.svd(matrix, full_matrices=False)
-    if not is_finite(factors[1]):  # cuSOLVER returns NaN for NaN input: no error
+    # cuSOLVER returns NaN for NaN input: no error
+    if check_finite and not is_finite(factors[1]):
         raise ValueError(
             "thin_svd: the matrix has non-finite entries (NaN or inf): its singular "
             "values are not finite"
@@ -253,7 +254,7 @@ def _did_not_converge(error: Exception) -> bool:
     return name.endswith("LinAlgError") or "converge" in str(error).lower()
 
 
-def thin_svd(matrix: Any) -> tuple[Any, Any, Any]:
+def thin_svd(matrix: Any, check_finite: bool = True) -> tuple[Any, Any, Any]:
     """Thin SVD ``matrix = U diag(s) V^T`` that survives LAPACK's rare failures.
 
     The divide-and-conquer drivers behind ``tl.svd`` (``gesdd``) occasionally report
@@ -274,6 +275,11 @@ def thin_svd(matrix: Any) -> tuple[Any, Any, Any]:
     ----------
     matrix : tensor of shape (m, n)
         Real floating-point matrix of the active backend.
+    check_finite : bool, default True
+        Check that the singular values are finite (a device-to-host read); a
+        caller that knows the matrix is finite, or checks it in a transfer of its
+        own, passes False (non-finite input then yields NaN factors where the
+        backend does not raise).
 
     Returns
     -------
@@ -299,7 +305,7 @@ def thin_svd(matrix: Any) -> tuple[Any, Any, Any]:
         When both SVDs failed to converge and the Gram-matrix fallback was used.
     """
     try:
-        left, values, right_t = _svd(matrix)
+        left, values, right_t = _svd(matrix, check_finite)
     except Exception as error:  # backend-specific classes, matched by name below
         if not _did_not_converge(error):
             raise

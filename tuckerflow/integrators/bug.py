@@ -392,7 +392,8 @@ def _k_gradients(core, factors, factor_grads, reparams, rcond):
         if reparam is None:
             k_grads.append(None)
             continue
-        left, values, right_t = thin_svd(reparam[1])
+        # S_i comes from the QR of the (finite) core: no finiteness read here
+        left, values, right_t = thin_svd(reparam[1], check_finite=False)
         cutoff = cutoff_ratio * values[0]
         inverse = reciprocal_above(values, cutoff)
         # pinv(S^T) = left diag(1 / values) right_t

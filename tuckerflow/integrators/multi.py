@@ -9,6 +9,12 @@ through). The mathematics is that of :func:`~tuckerflow.integrators.tdlrt_step`
 (docs/concepts.rst, "The TDLRT step"), which stays the readable reference; these
 functions give the same iterates up to rounding.
 
+The truncation reads the device once: :func:`decompose_multi` copies every singular
+value and core norm the rank rules need (and any values of the caller, e.g. a
+finiteness check) to the host in one transfer (:func:`to_host`); the ranks are
+decided there (:mod:`tuckerflow.ranks` works on NumPy spectra), and
+:func:`truncate_multi` truncates on the device, indexed by those Python ints.
+
 Nothing is validated here (as in the optimizer's unchecked path): points orthonormal,
 gradients finite, rules checked by the caller. Weight decay is the caller's: pass
 ``G + wd * W`` as the gradient.
@@ -17,14 +23,18 @@ gradients finite, rules checked by the caller. Weight decay is the caller's: pas
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorly as tl
+from tensorly.tucker_tensor import TuckerTensor
 
 from ..backend import plain_context
 from ..hosvd import CoreDecomposition, pinned_modes
 from ..linalg import thin_svd
+from ..ranks import RankRule, as_rank_rule
 from ._blocks import AugmentedStep
 from .state import Adam, Momentum, OptimizerState
 
@@ -32,7 +42,9 @@ __all__ = [
     "tdlrt_augment_multi",
     "parallel_augment_multi",
     "decompose_multi",
+    "truncate_multi",
     "finish_multi",
+    "to_host",
 ]
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -80,9 +92,10 @@ def _multi_mode_dot(stack: Any, matrices: Sequence[Any]) -> Any:
 def _thin_qr(stack: Any) -> tuple[Any, Any]:
     """:func:`~tuckerflow.linalg.thin_qr` of every matrix of a stack (diag R >= 0)."""
     q, r = tl.qr(stack)
-    size = tl.shape(r)[-2]
-    index = tl.arange(size)
-    diagonal = r[:, index, index]
+    size, width = tl.shape(r)[-2:]
+    # diag(R) through a mask built on R's device (an index tensor would be built on
+    # the host and copied over at every call)
+    diagonal = tl.sum(r * tl.eye(size, width, **plain_context(r)), axis=-1)
     ones = tl.ones(tl.shape(diagonal), **plain_context(stack))
     signs = tl.where(diagonal < 0, -ones, ones)
     return q * signs[:, None, :], r * signs[:, :, None]
@@ -92,9 +105,9 @@ def _fix_signs(vectors: Any) -> Any:
     """:func:`~tuckerflow.linalg.fix_column_signs` of every matrix of a stack."""
     rows = tl.shape(vectors)[1]
     pivot_rows = tl.argmax(tl.abs(vectors), axis=1)  # (B, k)
-    positions = tl.reshape(tl.arange(rows), (1, rows, 1))
-    chosen = positions == tl.reshape(pivot_rows, (tl.shape(pivot_rows)[0], 1, -1))
-    pivots = tl.sum(tl.where(chosen, vectors, vectors * 0), axis=1)
+    # one-hot rows of the pivots, on the device of the vectors: (B, k, rows)
+    chosen = tl.eye(rows, **plain_context(vectors))[pivot_rows]
+    pivots = tl.sum(chosen * _mt(vectors), axis=2)
     ones = tl.ones(tl.shape(pivots), **plain_context(vectors))
     return vectors * tl.reshape(
         tl.where(pivots < 0, -ones, ones),
@@ -153,15 +166,47 @@ def _unstack_state(state: OptimizerState, index: int) -> OptimizerState:
     return dataclasses.replace(state, **fields)
 
 
-def _lift_state(state: OptimizerState, embeddings: Sequence[Any]) -> OptimizerState:
-    """``state.lift`` on stacked buffers (first moments linearly, second squared)."""
+def _second_moment(name: str) -> bool:
+    """Whether a buffer of :class:`Momentum` or :class:`Adam` is a second moment (it
+    follows a coordinate change ``T`` by ``T ∘ T``, see :mod:`.state`)."""
+    return name.endswith("_v")
+
+
+def _transform_core_state(
+    state: OptimizerState, matrices: Sequence[Any | None]
+) -> OptimizerState:
+    """``state.transform_core`` on stacked buffers; a None matrix is the identity."""
     fields = {}
     for name, value in state._buffers().items():
         if name.startswith("core"):
-            squared = name == "core_v"
-            matrices = [e * e for e in embeddings] if squared else embeddings
-            fields[name] = _multi_mode_dot(value, matrices)
+            for mode, matrix in enumerate(matrices):
+                if matrix is None:
+                    continue
+                if _second_moment(name):
+                    matrix = matrix * matrix
+                value = _mode_dot(value, matrix, mode)
+            fields[name] = value
     return dataclasses.replace(state, **fields)
+
+
+def _transform_bases_state(
+    state: OptimizerState, matrices: Sequence[Any]
+) -> OptimizerState:
+    """``state.transform_bases`` on stacked buffers (``b_i R_i``, squared for second
+    moments)."""
+    fields = {}
+    for name, value in state._buffers().items():
+        if not name.startswith("core"):
+            fields[name] = tuple(
+                tl.matmul(buffer, matrix * matrix if _second_moment(name) else matrix)
+                for buffer, matrix in zip(value, matrices, strict=True)
+            )
+    return dataclasses.replace(state, **fields)
+
+
+def _lift_state(state: OptimizerState, embeddings: Sequence[Any]) -> OptimizerState:
+    """``state.lift`` on stacked buffers (first moments linearly, second squared)."""
+    return _transform_core_state(state, embeddings)
 
 
 # ------------------------------------------------------------------ the step
@@ -412,17 +457,57 @@ def parallel_augment_multi(
     return _augment_multi(cores, factors_list, grads, lr, states, parallel=True)
 
 
+def to_host(tensors: Sequence[Any]) -> list[np.ndarray]:
+    """Copy many tensors to the host in one transfer.
+
+    Every tensor is flattened, all are joined into one vector on their device (in
+    their common dtype), and that vector alone is copied (``tl.to_numpy``): one
+    device-to-host transfer (one synchronization on a GPU) however many tensors,
+    instead of one each. The copies are widened to float64 on the host (exact for
+    float32, float16 and booleans, which become 0 and 1).
+
+    Parameters
+    ----------
+    tensors : sequence of tensors
+        Of the active backend, on one device, any shapes, of dtypes NumPy holds
+        (bool, integer, float16/32/64; not bfloat16).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Float64 copies, in order, with the tensors' shapes.
+    """
+    if not tensors:
+        return []
+    shapes = [tuple(tl.shape(t)) for t in tensors]
+    # joined in their common dtype (the backend promotes), widened on the host
+    flat = tl.concatenate([tl.reshape(t, (-1,)) for t in tensors], axis=0)
+    host = np.asarray(tl.to_numpy(flat), dtype=np.float64)
+    out, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(host[offset : offset + size].reshape(shape))
+        offset += size
+    return out
+
+
 def decompose_multi(
-    steps: Sequence[AugmentedStep], bounds: Sequence[dict[str, Any]]
-) -> None:
-    """Batched SVDs of the augmented cores, cached in each step.
+    steps: Sequence[AugmentedStep],
+    bounds: Sequence[dict[str, Any]],
+    extra: Sequence[Any] = (),
+    valid: Any = None,
+) -> list[np.ndarray]:
+    """Batched SVDs of the augmented cores, cached in each step; one host transfer.
 
     The core unfoldings of steps with equal augmented shapes and pinned modes are
-    factorized by one batched SVD per mode. Each step then holds the decomposition
-    that :meth:`AugmentedStep.decompose`, :meth:`AugmentedStep.select` and
-    :meth:`AugmentedStep.finish` use when called with the same ``min_rank`` and
-    ``max_rank``, so ranks can be chosen (jointly, for a budget) and each step
-    truncated without another SVD.
+    factorized by one batched SVD per mode. The singular values of every step and
+    mode and the norms of the cores (all that a rank rule reads), together with the
+    tensors in ``extra``, are copied to the host in one transfer (:func:`to_host`).
+    Each step then holds the decomposition (singular vectors on the device, singular
+    values as NumPy arrays, the norm as a float) that :meth:`AugmentedStep.select`,
+    :meth:`AugmentedStep.finish` and :func:`truncate_multi` use when called with the
+    same ``min_rank`` and ``max_rank``: ranks can be chosen (jointly, for a budget)
+    and the steps truncated without another SVD or transfer.
 
     Parameters
     ----------
@@ -431,6 +516,18 @@ def decompose_multi(
     bounds : sequence of dict
         ``min_rank`` and ``max_rank`` of each step (other keys are ignored), as later
         passed to ``select`` and ``finish``.
+    extra : sequence of tensors, optional
+        More device values for the same transfer (a caller's finiteness check, say).
+    valid : 0-d boolean tensor, optional
+        Where false, the cores are factorized as zeros: a caller that checks its
+        gradients in the same transfer, and drops the steps if one is not finite,
+        never hands non-finite values to the SVD (whose failure would cost
+        another transfer, or an error). No effect on the results when true.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Float64 host copies of ``extra``, in order.
 
     Raises
     ------
@@ -452,8 +549,11 @@ def decompose_multi(
             )
         )
         groups.setdefault((dims, pinned, str(step.core.dtype)), []).append(index)
+    decomposed, device = [], []
     for (dims, pinned, _), members in groups.items():
         stack = _stack([steps[i].core for i in members])
+        if valid is not None:
+            stack = tl.where(valid, stack, tl.zeros_like(stack))
         order = len(dims)
         bases, spectra = [None] * order, [None] * order
         if order == 2 and not any(pinned):
@@ -465,35 +565,227 @@ def decompose_multi(
                 if not pinned[mode]:
                     bases[mode], spectra[mode] = _left_singular(_unfold(stack, mode))
         squares = tl.reshape(stack * stack, (len(members), -1))
-        norms = tl.to_numpy(tl.sqrt(tl.sum(squares, axis=1)))
-        for position, index in enumerate(members):
+        norms = tl.sqrt(tl.sum(squares, axis=1))
+        decomposed.append((members, bases, spectra))
+        device += [norms, *(s for s in spectra if s is not None)]
+    host = to_host([*device, *extra])
+    position = 0
+    for members, bases, spectra in decomposed:
+        norms = host[position]
+        position += 1
+        host_spectra = []
+        for values in spectra:
+            host_spectra.append(None if values is None else host[position])
+            position += values is not None
+        for row, index in enumerate(members):
             rule = bounds[index]
             steps[index]._decomposition = CoreDecomposition(
-                [None if b is None else b[position] for b in bases],
-                [None if s is None else s[position] for s in spectra],
-                float(norms[position]),
+                [None if b is None else b[row] for b in bases],
+                [None if s is None else s[row] for s in host_spectra],
+                float(norms[row]),
             )
             steps[index]._decomposed_for = (
                 rule.get("min_rank", 1),
                 rule.get("max_rank"),
             )
+    return host[position:]
+
+
+def truncate_multi(
+    steps: Sequence[AugmentedStep],
+    ranks: Sequence[Sequence[int]],
+    bounds: Sequence[dict[str, Any]],
+) -> list[Any]:
+    """Truncate many decomposed steps to given ranks, batched; no host transfer.
+
+    What ``[step.finish(rank=r, **b) for ...]`` returns, with every operation of the
+    truncation run once per group of steps of equal shapes, new ranks and optimizer
+    state: the core ``Chat ×_i P_i^T`` (``P_i`` the kept singular vectors), the
+    factors ``Uhat_i P_i`` re-orthonormalized by a thin QR (``= Q_i R_i``, ``R_i``
+    absorbed into the core, so orthonormality cannot drift over many steps), and the
+    transport of the optimizer state into the new coordinates (core buffers by
+    ``T_i = R_i P_i^T``, K-buffers by ``V_i^T V_i'``). The ranks are Python ints, so
+    nothing is read back from the device. Steps whose state is neither
+    :class:`Momentum` nor :class:`Adam` are finished one by one.
+
+    Parameters
+    ----------
+    steps : sequence of AugmentedStep
+        Decomposed for their bounds (:func:`decompose_multi`; otherwise each step
+        decomposes itself).
+    ranks : sequence of sequences of int
+        The new rank of each step, as chosen from its spectra (e.g. by
+        :meth:`AugmentedStep.select`), within its bounds.
+    bounds : sequence of dict
+        ``min_rank`` and ``max_rank`` of each step, as given to
+        :func:`decompose_multi`.
+
+    Returns
+    -------
+    list
+        A TuckerTensor per step, or ``(TuckerTensor, state)`` for a step with
+        optimizer state.
+
+    Raises
+    ------
+    ValueError
+        If the sequences differ in length, or a rank asks to cut a mode that the
+        bounds pin.
+    """
+    if not len(steps) == len(ranks) == len(bounds):
+        raise ValueError(
+            f"{len(steps)} steps, {len(ranks)} ranks and {len(bounds)} bounds"
+        )
+    results: list[Any] = [None] * len(steps)
+    groups: dict[Any, list[int]] = {}
+    for index, (step, rank, rule) in enumerate(zip(steps, ranks, bounds)):
+        rank = tuple(int(r) for r in rank)
+        decomposition = step.decompose(rule.get("min_rank", 1), rule.get("max_rank"))
+        if step.state is not None and not isinstance(step.state, (Momentum, Adam)):
+            results[index] = step.finish(
+                rank=rank,
+                min_rank=rule.get("min_rank", 1),
+                max_rank=rule.get("max_rank"),
+            )
+            continue
+        key = (
+            tuple(tl.shape(step.core)),
+            tuple(tuple(tl.shape(b)) for b in step.bases),
+            tuple(tuple(tl.shape(f)) for f in step.old_factors),
+            tuple(b is None for b in decomposition.bases),
+            rank,
+            str(step.core.dtype),
+            _state_key(step.state),
+            None if step.old_q is None else tuple(q is None for q in step.old_q),
+        )
+        groups.setdefault(key, []).append(index)
+    for key, members in groups.items():
+        pinned, rank = key[3], key[4]
+        group = _truncate_group([steps[i] for i in members], rank, pinned)
+        for index, result in zip(members, group, strict=True):
+            results[index] = result
+    return results
+
+
+def _truncate_group(steps, rank, pinned):
+    """:func:`~tuckerflow.integrators._blocks.truncate_step` of one group, stacked."""
+    order = len(rank)
+    core = _stack([s.core for s in steps])
+    dims = tl.shape(core)[1:]
+    new_factors: list[Any] = [None] * order  # stacked; None: pinned, kept as is
+    changes: list[Any] = [None] * order  # None: the identity (pinned mode)
+    for mode in range(order):
+        if pinned[mode]:
+            if rank[mode] != dims[mode]:
+                raise ValueError(
+                    f"mode {mode} was decomposed as pinned but is asked for rank "
+                    f"{rank[mode]}"
+                )
+            continue
+        kept = _stack([s._decomposition.bases[mode] for s in steps])
+        kept = kept[:, :, : rank[mode]]
+        core = _mode_dot(core, kept, mode, transpose=True)
+        # as truncate_core: one more thin QR of Uhat_i P_i (P8, orthonormality
+        # cannot accumulate errors over the steps)
+        q, upper = _thin_qr(tl.matmul(_stack([s.bases[mode] for s in steps]), kept))
+        new_factors[mode] = q
+        core = _mode_dot(core, upper, mode)
+        changes[mode] = tl.matmul(upper, _mt(kept))
+    state = None
+    if steps[0].state is not None:
+        state = _transport_state(steps, core, new_factors, changes, pinned)
+    out = []
+    for b, step in enumerate(steps):
+        factors = [
+            step.bases[m] if new_factors[m] is None else new_factors[m][b]
+            for m in range(order)
+        ]
+        tucker = TuckerTensor((core[b], factors))
+        out.append(tucker if state is None else (tucker, _unstack_state(state, b)))
+    return out
+
+
+def _transport_state(steps, core, new_factors, changes, pinned):
+    """The state of a truncated group in its new coordinates (stacked
+    :func:`~tuckerflow.integrators._blocks.truncate_step`)."""
+    order = len(changes)
+    state = _transform_core_state(_stack_states([s.state for s in steps]), changes)
+    old_factors = [_stack([s.old_factors[m] for s in steps]) for m in range(order)]
+    factors = [
+        _stack([s.bases[m] for s in steps]) if f is None else f
+        for m, f in enumerate(new_factors)
+    ]
+    # a mode at full rank before the step and pinned there takes no K-step: its
+    # K-state is reset to zeros and no QR is computed for it (as truncate_step)
+    idle = [
+        pinned[m] and tl.shape(old_factors[m])[1] == tl.shape(old_factors[m])[2]
+        for m in range(order)
+    ]
+    new_q = [
+        None if idle[m] else _thin_qr(_mt(_unfold(core, m)))[0] for m in range(order)
+    ]
+    old_core = None
+    old_q = []
+    for mode in range(order):
+        if idle[mode]:
+            old_q.append(None)
+        elif steps[0].old_q[mode] is not None:
+            old_q.append(_stack([s.old_q[mode] for s in steps]))
+        else:
+            if old_core is None:
+                old_core = _stack([s.old_core for s in steps])
+            old_q.append(_thin_qr(_mt(_unfold(old_core, mode)))[0])
+    k_changes = _k_coordinate_change(old_q, old_factors, new_q, factors)
+    return _transform_bases_state(state, k_changes)
+
+
+def _k_coordinate_change(old_q, old_factors, new_q, new_factors):
+    """Stacked :func:`~tuckerflow.integrators.state.k_coordinate_change`."""
+    order = len(old_factors)
+    count = tl.shape(old_factors[0])[0]
+    overlaps = [tl.matmul(_mt(u), u_new) for u, u_new in zip(old_factors, new_factors)]
+    old_ranks = [tl.shape(u)[2] for u in old_factors]
+    new_ranks = [tl.shape(u)[2] for u in new_factors]
+    changes = []
+    for mode in range(order):
+        others = [j for j in range(order) if j != mode]
+        q_new = new_q[mode]
+        if q_new is None:
+            shape = (
+                count,
+                min(old_ranks[mode], math.prod(old_ranks) // old_ranks[mode]),
+                min(new_ranks[mode], math.prod(new_ranks) // new_ranks[mode]),
+            )
+            changes.append(tl.zeros(shape, **plain_context(old_factors[mode])))
+            continue
+        columns = tl.shape(q_new)[2]
+        folded = tl.reshape(q_new, (count, *(new_ranks[j] for j in others), columns))
+        for position, j in enumerate(others):
+            folded = _mode_dot(folded, overlaps[j], position)
+        rows = math.prod(old_ranks[j] for j in others)
+        mapped = tl.reshape(folded, (count, rows, columns))
+        changes.append(tl.matmul(_mt(old_q[mode]), mapped))
+    return changes
 
 
 def finish_multi(
-    steps: Sequence[AugmentedStep], rules: Sequence[dict[str, Any]]
+    steps: Sequence[AugmentedStep], rules: Sequence[RankRule | dict[str, Any]]
 ) -> list[Any]:
-    """Truncate many augmented steps; the SVDs of their cores batched.
+    """Truncate many augmented steps, batched, with one host transfer.
 
-    :func:`decompose_multi`, then :meth:`AugmentedStep.finish` of each step with its
-    rule (the per-tensor truncation itself is not batched yet).
+    :func:`decompose_multi` (batched SVDs; every spectrum and norm copied to the
+    host at once), the rank of each step from its rule on the host, then
+    :func:`truncate_multi`. The same results as :meth:`AugmentedStep.finish` of each
+    step with its rule, up to rounding.
 
     Parameters
     ----------
     steps : sequence of AugmentedStep
         From :func:`tdlrt_augment_multi` or :func:`parallel_augment_multi`.
-    rules : sequence of dict
-        Keyword arguments of :meth:`AugmentedStep.finish` for each step
-        (``rank``, ``tol``, ``relative``, ``min_rank``, ``max_rank``, ``budget``).
+    rules : sequence of RankRule or dict
+        The rank rule of each step: a :class:`~tuckerflow.RankRule`, or the
+        keyword arguments of :meth:`AugmentedStep.finish` (``rank``, ``tol``,
+        ``relative``, ``min_rank``, ``max_rank``, ``budget``).
 
     Returns
     -------
@@ -504,9 +796,24 @@ def finish_multi(
     Raises
     ------
     ValueError
-        If ``steps`` and ``rules`` differ in length.
+        If ``steps`` and ``rules`` differ in length, or a rule is invalid.
     """
     if len(steps) != len(rules):
         raise ValueError(f"{len(steps)} steps but {len(rules)} rules")
-    decompose_multi(steps, rules)
-    return [step.finish(**rule) for step, rule in zip(steps, rules)]
+    checked = [
+        rule if isinstance(rule, RankRule) else as_rank_rule(**rule) for rule in rules
+    ]
+    bounds = [{"min_rank": r.min_rank, "max_rank": r.max_rank} for r in checked]
+    decompose_multi(steps, bounds)
+    ranks = []
+    for step, rule in zip(steps, checked):
+        decomposition = step.decompose(rule.min_rank, rule.max_rank)
+        ranks.append(
+            rule.choose(
+                decomposition.spectra,
+                tl.shape(step.core),
+                step.shape(),
+                norm=decomposition.norm,
+            )
+        )
+    return truncate_multi(steps, ranks, bounds)

@@ -3,8 +3,10 @@
 Every Tucker layer (:class:`~tuckerflow.nn.TuckerLayer`) whose parameters are in the
 optimizer is updated by the core integrators under TensorLy's pytorch backend; every
 other parameter (biases, BatchNorm, dense layers) takes the matching ordinary update
-(SGD with momentum, or Adam). Ranks change in place: the layer's ``Parameter`` objects
-are kept and their data swapped.
+(SGD with momentum, or Adam: ``torch.optim``'s functional ``sgd``/``adam`` with
+``foreach=True`` on all of a group's parameters at once, giving the iterates and the
+state of ``torch.optim.SGD``/``Adam``). Ranks change in place: the layer's
+``Parameter`` objects are kept and their data swapped.
 
 How each Tucker layer gets its gradient (``method``):
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import warnings
 import weakref
@@ -52,6 +55,8 @@ from typing import Any
 import torch
 from tensorly.tucker_tensor import TuckerTensor
 from torch import nn
+from torch.optim.adam import adam as functional_adam
+from torch.optim.sgd import sgd as functional_sgd
 
 import tuckerflow as tf
 from tuckerflow._checks import available_ranks, check_tol
@@ -65,6 +70,7 @@ from tuckerflow.integrators.multi import (
     decompose_multi,
     parallel_augment_multi,
     tdlrt_augment_multi,
+    truncate_multi,
 )
 from tuckerflow.profiling import phase
 from tuckerflow.ranks import (
@@ -693,11 +699,42 @@ class TDLRT(torch.optim.Optimizer):
         return {p.device.type for g in self.param_groups for p in g["params"]}
 
     def _step(self, loss: Any) -> None:
+        """The update, reading the device once (issue 14).
+
+        The Tucker layers are augmented first; then the gradient and loss sums (the
+        non-finite check) and every singular value and core norm the rank rules
+        read travel to the host in one transfer (:func:`decompose_multi`). A
+        non-finite value skips the step there, before anything is written: the
+        augmentation is pure (new tensors, the stored state untouched) and is
+        dropped. Otherwise the ranks are decided on the host, the truncation and
+        the state transport run batched on the device with those ints, and the
+        ordinary parameters take their update.
+        """
         stale = self._check_factors()
         plans = self._collect(stale)
         if self._distributed:
             self._average_tucker_gradients(plans)
-        problem = self._non_finite(loss, plans)
+        sums, names = self._finiteness_sums(loss, plans)
+        pending, cycle_writes = [], []
+        for group, layers, _ in plans:
+            augmented, writes = self._basis_cycle(group, layers)
+            pending += augmented
+            cycle_writes += writes
+        bounds = [
+            {"min_rank": layer.min_rank, "max_rank": layer.max_rank}
+            for _, layer, _ in pending
+        ]
+        extra, valid = [], None
+        if sums is not None:
+            extra, valid = [sums], torch.isfinite(sums).all()
+        with phase("truncation"), tf.use_backend("pytorch"):
+            # every SVD of the augmented cores, batched over layers of one shape
+            # (of zeros if something is not finite: the step is dropped below);
+            # the one transfer: their spectra and norms with the sums
+            host = decompose_multi(
+                [a for _, _, a in pending], bounds, extra, valid=valid
+            )
+        problem = self._problem(host, names)
         if self._distributed:
             problem = self._agree_on_skipping(problem)
         if problem is not None:
@@ -708,26 +745,18 @@ class TDLRT(torch.optim.Optimizer):
                 stacklevel=5,  # the caller of step() (past no_grad and the hooks)
             )
             return
-        pending = []
-        for group, layers, ordinary in plans:
-            for parameter in ordinary:
-                self._ordinary_update(group, parameter)
-            pending += self._basis_cycle(group, layers)  # basis_update_every
+        for group, _, ordinary in plans:
+            self._ordinary_update(group, ordinary)
+        self._apply_cycle_writes(cycle_writes)  # basis_update_every > 1
         if pending:
-            with phase("truncation"), tf.use_backend("pytorch"):
-                # every SVD of the augmented cores, batched over layers of one shape;
-                # rank choice and truncation below reuse them
-                decompose_multi(
-                    [augmented for _, _, augmented in pending],
-                    [
-                        {"min_rank": layer.min_rank, "max_rank": layer.max_rank}
-                        for _, layer, _ in pending
-                    ],
-                )
             with phase("truncation"):
                 ranks = self._decide_ranks(pending)
-                for (_, layer, augmented), rank in zip(pending, ranks):
-                    self._finish(layer, augmented, rank)
+                with tf.use_backend("pytorch"):
+                    results = truncate_multi(
+                        [augmented for _, _, augmented in pending], ranks, bounds
+                    )
+                for (_, layer, augmented), result in zip(pending, results):
+                    self._finish(layer, augmented, result)
             if self._distributed:
                 self._broadcast_tucker_layers([layer for _, layer, _ in pending])
             for _, layer, _ in pending:
@@ -835,11 +864,13 @@ class TDLRT(torch.optim.Optimizer):
         return plans
 
     @staticmethod
-    def _non_finite(loss: Any, plans) -> str | None:
-        if loss is not None and isinstance(loss, torch.Tensor):
-            if not torch.isfinite(loss.detach()).all():
-                return f"the loss is {loss.item()}"
+    def _finiteness_sums(loss: Any, plans) -> tuple[torch.Tensor | None, list[str]]:
+        """The sums of the loss and of every gradient (non-finite iff one of their
+        entries is), on the device, and what each one is, for the message."""
         sums, names = [], []
+        if isinstance(loss, torch.Tensor):
+            sums.append(loss.detach().sum())
+            names.append("the loss")
         for _, layers, ordinary in plans:
             for layer, gradients in layers:
                 tensors = [gradients.get("weight"), gradients.get("core")]
@@ -854,44 +885,84 @@ class TDLRT(torch.optim.Optimizer):
                     f"the gradient of a parameter of shape {tuple(parameter.shape)}"
                 )
         if not sums:
-            return None
-        finite = torch.isfinite(torch.stack([s.to(torch.float64) for s in sums]))
-        if bool(finite.all()):
-            return None
-        return f"{names[int((~finite).nonzero()[0])]} is not finite"
+            return None, names
+        return torch.stack([s.to(torch.float64) for s in sums]), names
 
-    def _ordinary_update(self, group: dict[str, Any], parameter: torch.Tensor) -> None:
-        grad = parameter.grad
-        if group["weight_decay"]:
-            grad = grad.add(parameter, alpha=group["weight_decay"])
-        state = self.state[parameter]
-        lr = group["lr"]
+    @staticmethod
+    def _problem(host, names: list[str]) -> str | None:
+        """Why the step must be skipped, from the host copy of the sums; None if
+        everything is finite."""
+        if not host:
+            return None
+        sums = host[0]
+        for value, name in zip(sums, names):
+            if not math.isfinite(value):
+                if name == "the loss":
+                    return f"the loss is {value}"
+                return f"{name} is not finite"
+        return None
+
+    def _ordinary_update(self, group: dict[str, Any], parameters: list) -> None:
+        """SGD (momentum, Nesterov) or Adam on all ordinary parameters of a group at
+        once: ``torch.optim``'s functional ``sgd``/``adam`` with ``foreach=True``
+        (its multi-tensor path), on state under ``torch.optim``'s keys
+        (``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``), so the
+        iterates are those of ``torch.optim.SGD``/``Adam(foreach=True)``."""
+        if not parameters:
+            return
+        grads = [parameter.grad for parameter in parameters]
         if group["adam"]:
+            exp_avgs, exp_avg_sqs, steps = [], [], []
+            for parameter in parameters:
+                state = self.state[parameter]
+                if not state:
+                    # on the host, in torch.optim's scalar dtype (as Adam's own)
+                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                    state["exp_avg"] = torch.zeros_like(
+                        parameter, memory_format=torch.preserve_format
+                    )
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        parameter, memory_format=torch.preserve_format
+                    )
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
             beta1, beta2 = group["betas"]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float64)
-                state["exp_avg"] = torch.zeros_like(parameter)
-                state["exp_avg_sq"] = torch.zeros_like(parameter)
-            state["step"] += 1
-            step = float(state["step"])
-            state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denominator = (
-                (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(group["eps"])
-            )
-            parameter.addcdiv_(
-                state["exp_avg"], denominator, value=-lr / (1 - beta1**step)
+            functional_adam(
+                parameters,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                foreach=True,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
             )
             return
-        momentum = group["momentum"]
-        if momentum:
-            buffer = state.get("momentum_buffer")
-            if buffer is None:
-                buffer = state["momentum_buffer"] = grad.clone()
-            else:
-                buffer.mul_(momentum).add_(grad)
-            grad = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
-        parameter.add_(grad, alpha=-lr)
+        # (no empty state entries for plain SGD, as torch.optim.SGD)
+        buffers = [self.state.get(p, {}).get("momentum_buffer") for p in parameters]
+        functional_sgd(
+            parameters,
+            grads,
+            buffers,  # None entries are filled with new buffers
+            has_sparse_grad=any(grad.is_sparse for grad in grads),  # (embeddings)
+            foreach=True,
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            lr=group["lr"],
+            dampening=0.0,
+            nesterov=group["nesterov"],
+            maximize=False,
+        )
+        if group["momentum"]:
+            for parameter, buffer in zip(parameters, buffers):
+                self.state[parameter]["momentum_buffer"] = buffer
 
     def _core_state(self, group: dict[str, Any], layer: TuckerLayer, tucker: Any):
         packed = self.state[layer.core].get("tucker_state")
@@ -948,10 +1019,11 @@ class TDLRT(torch.optim.Optimizer):
         ]
 
     # ------------------------------------------------ basis_update_every = k
-    def _basis_cycle(self, group, layers) -> list[tuple[Any, TuckerLayer, Any]]:
+    def _basis_cycle(self, group, layers):
         """The layers of a group under ``basis_update_every = k``: returns those to
         truncate in this step, as :meth:`_augment_group` does (which it is, for
-        ``k = 1`` with no cycle in progress).
+        ``k = 1`` with no cycle in progress), and the writes of the others, applied
+        by :meth:`_apply_cycle_writes` once the step is known to be finite.
 
         A layer's position in its cycle of ``k`` steps is kept with its core's
         optimizer state (``"basis_cycle"``, present from the end of the cycle's first
@@ -960,6 +1032,7 @@ class TDLRT(torch.optim.Optimizer):
         takes the augmented point untruncated (:meth:`_hold_augmented`). Later steps:
         a Galerkin step of the core in the fixed bases
         (:meth:`_galerkin_core_step`); the ``k``-th is truncated with the others.
+        Nothing is written here: a skipped step leaves the cycle as it was.
         """
         every = group["basis_update_every"]
         starting, continuing = [], []
@@ -967,28 +1040,38 @@ class TDLRT(torch.optim.Optimizer):
             in_cycle = "basis_cycle" in self.state.get(layer.core, {})
             (continuing if in_cycle else starting).append((layer, gradients))
         if every == 1 and not continuing:
-            return self._augment_group(group, layers)
+            return self._augment_group(group, layers), []
         now: dict[int, tuple[Any, TuckerLayer, Any]] = {}
-        written = []
+        writes = []
         for entry in self._augment_group(group, starting) if starting else []:
             _, layer, augmented = entry
             if every == 1:
                 now[id(layer)] = entry
             else:
-                self._hold_augmented(layer, augmented)
-                written.append(layer)
+                writes.append(
+                    (layer, functools.partial(self._hold_augmented, layer, augmented))
+                )
         for layer, gradients in continuing:
-            augmented = self._galerkin_core_step(group, layer, gradients, every)
+            augmented, write = self._galerkin_core_step(group, layer, gradients, every)
             if augmented is None:
-                written.append(layer)
-            else:
+                writes.append((layer, write))
+            else:  # truncated with the others; the write only ends the cycle
+                writes.append((None, write))
                 now[id(layer)] = (group, layer, augmented)
+        pending = [now[id(layer)] for layer, _ in layers if id(layer) in now]
+        return pending, writes
+
+    def _apply_cycle_writes(self, writes) -> None:
+        """Apply the held augmented points and mid-cycle Galerkin steps of
+        :meth:`_basis_cycle` (after the non-finite check)."""
+        for _, write in writes:
+            write()
+        written = [layer for layer, _ in writes if layer is not None]
         if self._distributed and written:
             self._broadcast_tucker_layers(written)
             self._broadcast_cycle_anchors(written)
         for layer in written:
             self._record_factors(layer)
-        return [now[id(layer)] for layer, _ in layers if id(layer) in now]
 
     def _hold_augmented(self, layer: TuckerLayer, augmented: AugmentedStep) -> None:
         """First step of a cycle: the layer takes the augmented core ``Ĉ`` in the
@@ -1019,11 +1102,12 @@ class TDLRT(torch.optim.Optimizer):
 
     def _galerkin_core_step(
         self, group, layer: TuckerLayer, gradients, every: int
-    ) -> AugmentedStep | None:
+    ) -> tuple[AugmentedStep | None, Callable[[], None]]:
         """A later step of a cycle: ``C <- C - h d(dL/dC)`` with the factors fixed
         (``dL/dC = G ×_i U_i^T``, or the core's own gradient for a factorized layer;
-        plus ``wd C``; ``d`` the momentum/Adam direction). Applied to the layer, or,
-        at the cycle's last step, returned untruncated for the truncation."""
+        plus ``wd C``; ``d`` the momentum/Adam direction). Returns ``(None, write)``
+        with ``write()`` applying it to the layer, or, at the cycle's last step, the
+        untruncated step for the truncation and the write that ends the cycle."""
         tucker, gradients, state = self._prepare(group, layer, gradients)
         core, factors = tucker.core, list(tucker.factors)
         with tf.use_backend("pytorch"):
@@ -1045,20 +1129,29 @@ class TDLRT(torch.optim.Optimizer):
         # a state created within the cycle has zero K-buffers at the present core
         anchor = cycle.get("anchor", core)
         if cycle["position"] + 1 < every:
-            cycle["position"] += 1
-            if state is not None:
-                self.state[layer.core]["tucker_state"] = _pack(state)
-                cycle["anchor"] = anchor.clone() if anchor is core else anchor
-            layer.set_tucker((new_core, factors))
-            return None
-        del self.state[layer.core]["basis_cycle"]
-        return AugmentedStep(
-            new_core,
-            factors,
-            state,
-            factors,
-            None if state is None else [None] * len(factors),
-            old_core=anchor,  # where the K-state was last expressed, not ``core``
+
+            def write() -> None:
+                cycle["position"] += 1
+                if state is not None:
+                    self.state[layer.core]["tucker_state"] = _pack(state)
+                    cycle["anchor"] = anchor.clone() if anchor is core else anchor
+                layer.set_tucker((new_core, factors))
+
+            return None, write
+
+        def end_cycle() -> None:  # its state is written by the truncation
+            del self.state[layer.core]["basis_cycle"]
+
+        return (
+            AugmentedStep(
+                new_core,
+                factors,
+                state,
+                factors,
+                None if state is None else [None] * len(factors),
+                old_core=anchor,  # where the K-state was last expressed, not ``core``
+            ),
+            end_cycle,
         )
 
     def _broadcast_cycle_anchors(self, layers) -> None:
@@ -1148,14 +1241,12 @@ class TDLRT(torch.optim.Optimizer):
             ]
         problems = []
         for _, layer, augmented in pending:
+            # decomposed by decompose_multi: the spectra are host copies already
             decomposition = augmented.decompose(layer.min_rank, layer.max_rank)
             dims = available_ranks(tuple(augmented.core.shape))
             problems.append(
                 {
-                    "spectra": [
-                        None if s is None else s.detach().cpu().numpy()
-                        for s in decomposition.spectra
-                    ],
+                    "spectra": list(decomposition.spectra),
                     "shape": layer.weight_shape,
                     "min_rank": tuple(
                         min(lo, d) for lo, d in zip(layer.min_rank, dims)
@@ -1177,11 +1268,8 @@ class TDLRT(torch.optim.Optimizer):
             problems, self._budget_now() - fixed, criterion=self.budget_criterion
         )
 
-    def _finish(self, layer: TuckerLayer, augmented: AugmentedStep, rank) -> None:
-        with tf.use_backend("pytorch"):
-            out = augmented.finish(
-                rank=rank, min_rank=layer.min_rank, max_rank=layer.max_rank
-            )
+    def _finish(self, layer: TuckerLayer, augmented: AugmentedStep, out) -> None:
+        """Store a truncated step (:func:`truncate_multi`'s result) in the layer."""
         if augmented.state is not None:
             new, state = out
             self.state[layer.core]["tucker_state"] = _pack(state)
@@ -1321,6 +1409,12 @@ def _check_basis_update_every(value: Any) -> None:
             "step; k > 1: augment the bases every k steps, Galerkin steps of the "
             f"core in between, truncate every k-th step), got {value!r}"
         )
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype ``torch.optim`` gives its ``step`` counters."""
+    default = torch.get_default_dtype()
+    return torch.float64 if default == torch.float64 else torch.float32
 
 
 def _gram_term(tucker: Any, mode: int) -> torch.Tensor:
