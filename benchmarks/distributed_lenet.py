@@ -77,6 +77,10 @@ def worker(args) -> None:
             },
         }
         pathlib.Path(args.result).write_text(json.dumps(result))
+    # both workers leave together: a worker that tore its process group down while
+    # worker 0 was still evaluating aborted now and then under load ("terminate
+    # called without an active exception", SIGABRT)
+    dist.barrier()
     dist.destroy_process_group()
 
 
