@@ -14,6 +14,7 @@ Run: ``python benchmarks/distributed_lenet.py [--quick] [--workers 1 2]``
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import pathlib
@@ -77,10 +78,12 @@ def worker(args) -> None:
             },
         }
         pathlib.Path(args.result).write_text(json.dumps(result))
-    # both workers leave together: a worker that tore its process group down while
-    # worker 0 was still evaluating aborted now and then under load ("terminate
-    # called without an active exception", SIGABRT)
+    # DDP before the process group (as tests/test_distributed.py): a DDP left for
+    # interpreter exit outlives its group, and its teardown aborts the process now
+    # and then ("terminate called without an active exception", SIGABRT)
     dist.barrier()
+    del ddp
+    gc.collect()
     dist.destroy_process_group()
 
 
