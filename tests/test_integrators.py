@@ -31,7 +31,7 @@ def test_ranks_stay_within_bounds(backend, data, seed, tol, lr, which):
     G = randn(shape, seed=seed + 1, dtype=tl.backend.float64)
     low = tuple(min(2, n) for n in shape)
     high = tuple(max(lo, min(n, r + 1)) for lo, n, r in zip(low, shape, rank))
-    result = RANK_ADAPTIVE[which](Y, G, lr, tol=tol, min_rank=low, max_rank=high)
+    result, _ = RANK_ADAPTIVE[which](Y, G, lr, tol=tol, min_rank=low, max_rank=high)
     assert all(lo <= r <= hi for lo, r, hi in zip(low, result.rank, high))
 
 
@@ -54,7 +54,7 @@ def test_tolerance_zero_never_discards_energy(backend, data, seed):
         tl.tenalg.multi_mode_dot(G, bases, transpose=True), bases
     )
     expected = dense(Y) - h * to_np(projected)
-    result = tf.tdlrt_step(Y, G, h, tol=0.0)
+    result, _ = tf.tdlrt_step(Y, G, h, tol=0.0)
     scale = np.linalg.norm(expected) + h * np.linalg.norm(to_np(G))
     assert np.linalg.norm(dense(result) - expected) <= 1e-13 * scale
 
@@ -62,9 +62,9 @@ def test_tolerance_zero_never_discards_energy(backend, data, seed):
 def test_fixed_rank_and_budget_rules(backend):
     Y = tf.random_tucker((10, 9, 8), (3, 3, 3), random_state=0)
     G = randn((10, 9, 8), seed=1, dtype=tl.backend.float64)
-    assert tf.tdlrt_step(Y, G, 0.1, rank=(3, 2, 4)).rank == (3, 2, 4)
+    assert tf.tdlrt_step(Y, G, 0.1, rank=(3, 2, 4))[0].rank == (3, 2, 4)
     for budget in (60, 150, 400):
-        result = tf.tdlrt_step(Y, G, 0.1, budget=budget)
+        result, _ = tf.tdlrt_step(Y, G, 0.1, budget=budget)
         assert tf.parameter_count(result.shape, result.rank) <= budget
 
 
@@ -78,7 +78,7 @@ def test_bug_step_keeps_the_rank_and_uses_the_second_gradient(backend):
         calls.append(W)
         return objective.grad(W)
 
-    result = tf.bug_step(Y, objective.grad(Y.to_tensor()), 0.5, grad_fn=grad_fn)
+    result, _ = tf.bug_step(Y, objective.grad(Y.to_tensor()), 0.5, grad_fn=grad_fn)
     assert result.rank == (2, 3, 2) and len(calls) == 1
     assert objective.value(result.to_tensor()) < objective.value(Y.to_tensor())
 
@@ -87,9 +87,97 @@ def test_rgd_rank_adaptive(backend):
     A = tf.random_tucker((7, 8, 9), (3, 3, 3), random_state=0).to_tensor()
     Y = tf.random_tucker((7, 8, 9), (1, 1, 1), random_state=1)
     G = LeastSquares(A).grad(Y.to_tensor())
-    grown = tf.rgd_step(Y, G, 1.0, tol=1e-8)
+    grown, _ = tf.rgd_step(Y, G, 1.0, tol=1e-8)
     assert grown.rank == (2, 2, 2)  # the tangent space at rank 1 holds rank <= 2
-    assert tf.rgd_step(Y, G, 1.0).rank == (1, 1, 1)
+    assert tf.rgd_step(Y, G, 1.0)[0].rank == (1, 1, 1)
+
+
+STATEFUL = ["tdlrt_step", "parallel_bug_step", "parallel_bug_update"]
+STATELESS = ["bug_step", "rgd_step", "vanilla_step"]
+
+
+def _step_calls(Y, G):
+    """Every public step function as ``call(state) -> result``; the stateless ones
+    take no state argument."""
+    contractions = GradientContractions(G, Y.factors)
+    k_grads = [
+        tl.dot(contractions.unfolded_partial(mode), reparametrize(Y.core, mode)[0])
+        for mode in range(len(Y.factors))
+    ]
+    core_grad = contractions.core_gradient()
+    return {
+        "tdlrt_step": lambda s: tf.tdlrt_step(Y, G, 0.1, tol=0.1, state=s),
+        "parallel_bug_step": lambda s: tf.parallel_bug_step(
+            Y, G, 0.1, tol=0.1, state=s
+        ),
+        "parallel_bug_update": lambda s: tf.parallel_bug_update(
+            Y, core_grad, k_grads, 0.1, tol=0.1, state=s
+        ),
+        "bug_step": lambda s: tf.bug_step(Y, G, 0.1, grad_fn=lambda W: G),
+        "rgd_step": lambda s: tf.rgd_step(Y, G, 0.1),
+        "vanilla_step": lambda s: tf.vanilla_step(Y, G, 0.1),
+    }
+
+
+def test_the_list_of_step_functions_is_complete():
+    public = {
+        name
+        for name in tf.integrators.__all__
+        if name.endswith("_step") or name.endswith("_update")
+    }
+    assert public == set(STATEFUL + STATELESS)
+
+
+@pytest.mark.parametrize("name", STATEFUL + STATELESS)
+def test_every_step_returns_tucker_and_state(backend, name):
+    """``(tucker, state)`` always (issue 14): the state None without one."""
+    Y = tf.random_tucker((5, 6, 7), (2, 3, 2), random_state=0)
+    G = randn((5, 6, 7), seed=1, dtype=tl.backend.float64)
+    call = _step_calls(Y, G)[name]
+    result = call(None)
+    assert type(result) is tuple and len(result) == 2
+    assert isinstance(result[0], tl.tucker_tensor.TuckerTensor)
+    assert result[1] is None
+    if name in STATEFUL:
+        for state in (tf.Momentum.init(Y, 0.9), tf.Adam.init(Y)):
+            result = call(state)
+            assert type(result) is tuple and len(result) == 2
+            tucker, new = result
+            assert isinstance(tucker, tl.tucker_tensor.TuckerTensor)
+            assert type(new) is type(state)
+            new.check(tucker.core, tucker.factors)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_finish_and_the_multi_functions_return_tucker_and_state(backend, with_state):
+    from tuckerflow.integrators.multi import (
+        decompose_multi,
+        finish_multi,
+        tdlrt_augment_multi,
+        truncate_multi,
+    )
+    from tuckerflow.integrators.tdlrt import tdlrt_augment_unchecked
+
+    Y = tf.random_tucker((5, 6, 7), (2, 3, 2), random_state=0)
+    G = randn((5, 6, 7), seed=1, dtype=tl.backend.float64)
+    state = tf.Momentum.init(Y, 0.9) if with_state else None
+    core, factors = Y.core, list(Y.factors)
+
+    def check(result):
+        assert type(result) is tuple and len(result) == 2
+        assert isinstance(result[0], tl.tucker_tensor.TuckerTensor)
+        assert (result[1] is None) != with_state
+
+    check(tdlrt_augment_unchecked(core, factors, G, 0.1, state=state).finish(tol=0.1))
+    states = [state, state] if with_state else None
+    steps = tdlrt_augment_multi([core, core], [factors, factors], [G, G], 0.1, states)
+    for result in finish_multi(steps, [{"tol": 0.1}] * 2):
+        check(result)
+    steps = tdlrt_augment_multi([core, core], [factors, factors], [G, G], 0.1, states)
+    bounds = [{"min_rank": 1, "max_rank": None}] * 2
+    decompose_multi(steps, bounds)
+    for result in truncate_multi(steps, [(2, 2, 2)] * 2, bounds):
+        check(result)
 
 
 def _iterates(backend, method):

@@ -186,7 +186,7 @@ def test_a_tdlrt_step_is_the_same_with_host_factorizations(backend):
     steps = {}
     for host in (False, True):
         with host_factorizations(host):
-            steps[host] = tf.tdlrt_step(Y, gradient, 0.1, tol=0.05)
+            steps[host], _ = tf.tdlrt_step(Y, gradient, 0.1, tol=0.05)
     assert steps[True].rank == steps[False].rank
     dense = [to_np(tl.tucker_to_tensor(steps[h])) for h in (False, True)]
     np.testing.assert_allclose(

@@ -98,10 +98,11 @@ def _run(precision, optimizer, method, batched, rule_kind, steps=5):
                     cores, factors, grads, states or [None] * len(MODEL), rules
                 )
             ]
+        points = [point for point, _ in out]
         if states is not None:
-            points, states = [o[0] for o in out], [o[1] for o in out]
-        else:
-            points = out
+            states = [state for _, state in out]
+        else:  # no state given: none comes back
+            assert all(state is None for _, state in out)
         history.append(
             [
                 (p.rank, tl.to_numpy(tl.tucker_to_tensor(p)), s)

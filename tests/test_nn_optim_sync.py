@@ -198,7 +198,7 @@ def test_a_mixed_model_takes_the_single_tensor_core_steps(options):
         optimizer.step()
         with tf.use_backend("pytorch"):
             for name, layer in layers.items():
-                out = tf.tdlrt_step(
+                out, state = tf.tdlrt_step(
                     reference[name],
                     grads[name],
                     LR,
@@ -208,7 +208,7 @@ def test_a_mixed_model_takes_the_single_tensor_core_steps(options):
                     state=states.get(name),
                 )
                 if name in states:
-                    out, states[name] = out
+                    states[name] = state
                 changed |= out.rank != reference[name].rank
                 reference[name] = out
                 assert layer.rank == out.rank

@@ -57,8 +57,8 @@ def test_descent_inequality(backend, dtype, data, seed, decades, fraction, tol):
     W0 = start.to_tensor()
     G = objective.grad(W0)
 
-    untruncated = tf.tdlrt_step(start, G, h, tol=0.0)
-    stepped = tf.tdlrt_step(start, G, h, tol=tol)
+    untruncated, _ = tf.tdlrt_step(start, G, h, tol=0.0)
+    stepped, _ = tf.tdlrt_step(start, G, h, tol=tol)
     W1u, W1 = untruncated.to_tensor(), stepped.to_tensor()
     gap = float(np.linalg.norm(to_np(W1) - to_np(W1u)))
     assert gap <= tol * float(np.linalg.norm(to_np(W1u))) * (1 + 1e-3) + 1e3 * eps_of(

@@ -46,8 +46,8 @@ def test_inner_still_matches_the_dense_inner_product(backend):
 def test_rgd_factors_retraction_accepts_an_int_rank(backend):
     Y = tf.random_tucker((5, 6, 7), 2, random_state=0)
     G = randn((5, 6, 7), seed=1, dtype=tl.backend.float64)
-    by_int = tf.rgd_step(Y, G, 0.1, rank=2, retraction="factors")
-    by_tuple = tf.rgd_step(Y, G, 0.1, rank=(2, 2, 2), retraction="factors")
+    by_int, _ = tf.rgd_step(Y, G, 0.1, rank=2, retraction="factors")
+    by_tuple, _ = tf.rgd_step(Y, G, 0.1, rank=(2, 2, 2), retraction="factors")
     np.testing.assert_array_equal(dense(by_int), dense(by_tuple))
     with pytest.raises(ValueError, match="keeps the rank"):
         tf.rgd_step(Y, G, 0.1, rank=3, retraction="factors")

@@ -1,7 +1,9 @@
 """Integrators on any tensor objective: TDLRT and the methods it is compared with.
 
-Every step is a pure function ``(tucker, grad, lr, ...) -> tucker`` of the dense
-Euclidean gradient at the current point; :func:`integrate` runs them on an objective.
+Every step is a pure function ``(tucker, grad, lr, ..., state=None) -> (tucker,
+state)`` of the dense Euclidean gradient at the current point (``state`` None for a
+method that keeps none or when none was given); :func:`integrate` runs them on an
+objective.
 """
 
 from .bug import (

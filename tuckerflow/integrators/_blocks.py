@@ -150,7 +150,7 @@ class AugmentedStep:
     Split from the truncation so that ranks can be decided elsewhere: jointly for many
     tensors (a parameter budget for a whole network) or by one process for all
     (data-parallel training). :meth:`finish` truncates and returns what the step
-    function returns.
+    function returns: ``(TuckerTensor, OptimizerState or None)``.
     """
 
     core: Any
@@ -218,8 +218,9 @@ class AugmentedStep:
         max_rank: RankSpec = None,
         budget: int | None = None,
         rule: RankRule | None = None,
-    ):
-        """Truncate; returns the new point, with the state when there is one."""
+    ) -> tuple[TuckerTensor, OptimizerState | None]:
+        """Truncate; returns ``(new point, state)``, the state None when the step
+        has none."""
         result, state = truncate_step(
             self.core,
             self.bases,
@@ -230,7 +231,7 @@ class AugmentedStep:
             decomposition=self.decompose(rule=rule),
             old_core=self.old_core,
         )
-        return result if state is None else (result, state)
+        return result, state
 
 
 def _bounds(rule: RankRule) -> RankRule:

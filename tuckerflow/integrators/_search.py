@@ -279,9 +279,10 @@ def prepare(
         def trial(step, direction=None, rule=None, default=rule):
             move = gradient if direction is None else direction.scaled(-1.0)
             chosen = default if rule is None else rule
-            return parallel_bug_update(
+            tucker, _ = parallel_bug_update(
                 (core, factors), move.core, move.normals, step, rule=chosen
             )
+            return tucker
 
         return Prepared(frame, gradient, gradient.sqnorm(), trial, adaptive)
 
@@ -304,7 +305,8 @@ def prepare(
     if method == "bug":
 
         def trial(step, direction=None, rule=None):
-            return bug_step((core, factors), grad, step, grad_fn=second_gradient)
+            tucker, _ = bug_step((core, factors), grad, step, grad_fn=second_gradient)
+            return tucker
 
         return Prepared(frame, gradient, gradient.sqnorm(), trial, False)
 
@@ -333,7 +335,8 @@ def _prepare_tdlrt(frame, contractions, gradient, rule, adaptive) -> Prepared:
 
     def trial(step, direction=None, rule=None, default=rule):
         augmented = AugmentedStep(lifted - step * galerkin, bases, None, factors, None)
-        return augmented.finish(rule=default if rule is None else rule)
+        tucker, _ = augmented.finish(rule=default if rule is None else rule)
+        return tucker
 
     return Prepared(frame, gradient, gradient.sqnorm(), trial, adaptive)
 

@@ -50,7 +50,7 @@ def bug_step(
     lr: float,
     *,
     grad_fn: Callable[[Any], Any],
-) -> TuckerTensor:
+) -> tuple[TuckerTensor, None]:
     """Fixed-rank BUG step [1]_: new bases from the K-steps, then a Galerkin core step.
 
     1. ``K_i1 = U_i S_i - lr * dL/dK_i`` (as in :func:`tdlrt_step`), ``Uhat_i =
@@ -77,9 +77,11 @@ def bug_step(
 
     Returns
     -------
-    TuckerTensor
-        Same rank as ``tucker``: core of shape ``(r_1, ..., r_d)``, factors of shapes
-        ``(n_i, r_i)`` with orthonormal columns.
+    (TuckerTensor, None)
+        The new point, same rank as ``tucker``: core of shape ``(r_1, ..., r_d)``,
+        factors of shapes ``(n_i, r_i)`` with orthonormal columns; and None, the
+        state (the method keeps none), as every step function returns
+        ``(tucker, state)``.
 
     Raises
     ------
@@ -120,7 +122,7 @@ def bug_step(
     second = grad_fn(moved)
     check_gradient(second, core, factors, name="grad_fn(...)")
     galerkin = tl.tenalg.multi_mode_dot(second, bases, transpose=True)
-    return TuckerTensor((lifted - lr * galerkin, bases))
+    return TuckerTensor((lifted - lr * galerkin, bases)), None
 
 
 @rule_from_keywords
@@ -137,7 +139,7 @@ def parallel_bug_step(
     budget: int | None = None,
     state: OptimizerState | None = None,
     rule: RankRule | None = None,
-) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
+) -> tuple[TuckerTensor, OptimizerState | None]:
     """Parallel BUG step [1]_: every block from one gradient, then truncation.
 
     * core step in the old bases: ``C1 = C - lr * G ×_j U_j^T``;
@@ -181,10 +183,10 @@ def parallel_bug_step(
 
     Returns
     -------
-    TuckerTensor or (TuckerTensor, OptimizerState)
+    (TuckerTensor, OptimizerState or None)
         The new point, core of shape ``(s_1, ..., s_d)`` with
         ``s_i <= min(n_i, 2 r_i)`` and orthonormal factors of shapes ``(n_i, s_i)``;
-        ``(TuckerTensor, state)`` when ``state`` was given.
+        and the state belonging to it, None when no ``state`` was given.
 
     Raises
     ------
@@ -243,7 +245,7 @@ def parallel_bug_update(
     budget: int | None = None,
     state: OptimizerState | None = None,
     rule: RankRule | None = None,
-) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
+) -> tuple[TuckerTensor, OptimizerState | None]:
     """:func:`parallel_bug_step` [1]_ from the projected gradients, not the dense one.
 
     For callers that never form the dense gradient, e.g. a factorized network layer
@@ -267,8 +269,9 @@ def parallel_bug_update(
 
     Returns
     -------
-    TuckerTensor or (TuckerTensor, OptimizerState)
-        As :func:`parallel_bug_step`.
+    (TuckerTensor, OptimizerState or None)
+        As :func:`parallel_bug_step`: the new point and its state (None without
+        ``state``).
 
     Raises
     ------

@@ -652,10 +652,7 @@ def _fixed_steps(run, schedule, steps, options, rules, batches, callback, bar):
             out = _take_step(run, method, grad, rate, options, batch)
         except Exception as error:
             raise run.failed(error, f"step {step}: {method}_step") from error
-        if run.state is not None:
-            run.tucker, run.state = out
-        else:
-            run.tucker = out
+        run.tucker, run.state = out
         history.time.append(time.perf_counter() - start)
         history.loss.append(value)
         history.lr.append(rate)
@@ -679,7 +676,8 @@ def _fixed_steps(run, schedule, steps, options, rules, batches, callback, bar):
 def _take_step(run, method, grad, rate, options, batch):
     state = run.state
     if run.growth is not None:  # tdlrt or parallel_bug: their steps, to rounding
-        return prepare(method, run.tucker, grad, options, growth=run.growth).trial(rate)
+        prepared = prepare(method, run.tucker, grad, options, growth=run.growth)
+        return prepared.trial(rate), state  # no state with growth: None
     if method == "tdlrt":
         return tdlrt_step(run.tucker, grad, rate, state=state, **options)
     if method == "parallel_bug":

@@ -532,6 +532,7 @@ def growth_step(core, factors, qs, contractions, plan: Plan):
 
     def trial(step: float, rule: RankRule):
         augmented = AugmentedStep(lifted - step * galerkin, bases, None, factors, None)
-        return augmented.finish(rule=rule)
+        tucker, _ = augmented.finish(rule=rule)
+        return tucker
 
     return trial, sqnorm

@@ -622,8 +622,8 @@ def truncate_multi(
 
     Returns
     -------
-    list
-        A TuckerTensor per step, or ``(TuckerTensor, state)`` for a step with
+    list of (TuckerTensor, OptimizerState or None)
+        One ``(tucker, state)`` pair per step, ``state`` None for a step without
         optimizer state.
 
     Raises
@@ -701,7 +701,7 @@ def _truncate_group(steps, rank, pinned):
             for m in range(order)
         ]
         tucker = TuckerTensor((core[b], factors))
-        out.append(tucker if state is None else (tucker, _unstack_state(state, b)))
+        out.append((tucker, None if state is None else _unstack_state(state, b)))
     return out
 
 
@@ -789,9 +789,9 @@ def finish_multi(
 
     Returns
     -------
-    list
-        What each :meth:`AugmentedStep.finish` returns: a TuckerTensor, or
-        ``(TuckerTensor, state)`` for a step with optimizer state.
+    list of (TuckerTensor, OptimizerState or None)
+        What each :meth:`AugmentedStep.finish` returns: one ``(tucker, state)`` pair
+        per step, ``state`` None for a step without optimizer state.
 
     Raises
     ------

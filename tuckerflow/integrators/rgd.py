@@ -37,7 +37,7 @@ def rgd_step(
     max_rank: RankSpec = None,
     retraction: str = "hosvd",
     rule: RankRule | None = None,
-) -> TuckerTensor:
+) -> tuple[TuckerTensor, None]:
     """``Y1 = R(Y0 - lr * P(Y0) G)``: Riemannian gradient descent [1]_, retracted.
 
     The factor components of ``xi = P(Y0) G`` contain ``pinv(unfold(C, i))``, of norm
@@ -85,10 +85,12 @@ def rgd_step(
 
     Returns
     -------
-    TuckerTensor
+    (TuckerTensor, None)
         The new point: core of shape ``(s_1, ..., s_d)`` with
         ``s_i <= min(n_i, 2 r_i)`` (``s = r`` for ``"factors"`` and by default),
-        factors of shapes ``(n_i, s_i)`` with orthonormal columns.
+        factors of shapes ``(n_i, s_i)`` with orthonormal columns; and None, the
+        state (the method keeps none), as every step function returns
+        ``(tucker, state)``.
 
     Raises
     ------
@@ -120,7 +122,7 @@ def rgd_step(
     check_finite(grad, "grad")  # the projection below does not check its input
     rule = check_rgd_rule(core, factors, rule, retraction=retraction)
     tangent = project_unchecked(core, factors, grad)
-    return rgd_retract(core, factors, tangent, lr, rule, retraction=retraction)
+    return rgd_retract(core, factors, tangent, lr, rule, retraction=retraction), None
 
 
 def check_rgd_rule(

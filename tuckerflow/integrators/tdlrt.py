@@ -43,7 +43,7 @@ def tdlrt_step(
     budget: int | None = None,
     state: OptimizerState | None = None,
     rule: RankRule | None = None,
-) -> TuckerTensor | tuple[TuckerTensor, OptimizerState]:
+) -> tuple[TuckerTensor, OptimizerState | None]:
     """One rank-adaptive TDLRT step [1]_ from the Euclidean gradient at the point.
 
     The step of the Concepts page ("The TDLRT step"), with ``C``, ``U_i`` the core and
@@ -100,11 +100,12 @@ def tdlrt_step(
 
     Returns
     -------
-    TuckerTensor or (TuckerTensor, OptimizerState)
+    (TuckerTensor, OptimizerState or None)
         The new point ``Y1``: core of shape ``(s_1, ..., s_d)`` with
         ``s_i <= min(n_i, 2 r_i)``, factors of shapes ``(n_i, s_i)`` with
-        orthonormal columns; ``(TuckerTensor, state)`` when ``state`` was given, the
-        state then belonging to the new point.
+        orthonormal columns; and the state belonging to the new point, None when no
+        ``state`` was given. Always a pair: ``Y, state = tdlrt_step(Y, G, lr,
+        tol=0.1, state=state)``.
 
     Raises
     ------

@@ -19,7 +19,7 @@ from ._blocks import check_gradient
 __all__ = ["vanilla_step"]
 
 
-def vanilla_step(tucker: Any, grad: Any, lr: float) -> TuckerTensor:
+def vanilla_step(tucker: Any, grad: Any, lr: float) -> tuple[TuckerTensor, None]:
     """SGD on ``(C, U_1, ..., U_d)`` by the chain rule (factorized-layer baseline).
 
     ``C1 = C - lr * G ×_j U_j^T`` and
@@ -42,8 +42,10 @@ def vanilla_step(tucker: Any, grad: Any, lr: float) -> TuckerTensor:
 
     Returns
     -------
-    TuckerTensor
-        Same shapes as ``tucker``, with non-orthonormal factors in general.
+    (TuckerTensor, None)
+        The new point, same shapes as ``tucker``, with non-orthonormal factors in
+        general; and None, the state (the method keeps none), as every step
+        function returns ``(tucker, state)``.
 
     Raises
     ------
@@ -78,4 +80,4 @@ def vanilla_step(tucker: Any, grad: Any, lr: float) -> TuckerTensor:
         )
         for mode, factor in enumerate(factors)
     ]
-    return TuckerTensor((new_core, new_factors))
+    return TuckerTensor((new_core, new_factors)), None

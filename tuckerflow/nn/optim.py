@@ -1087,16 +1087,13 @@ class TDLRT(torch.optim.Optimizer):
             )
         )
         with phase("core step"), tf.use_backend("pytorch"):
-            out = augmented.finish(rank=held, min_rank=held, max_rank=held)
+            new, state = augmented.finish(rank=held, min_rank=held, max_rank=held)
         cycle: dict[str, Any] = {"position": 1}
-        if augmented.state is not None:
-            new, state = out
+        if state is not None:
             self.state[layer.core]["tucker_state"] = _pack(state)
             # the K-state is now expressed at this core (its Q_i): the truncation
             # at the end of the cycle moves it from there
             cycle["anchor"] = new.core.clone()
-        else:
-            new = out
         layer.set_tucker(new)
         self.state[layer.core]["basis_cycle"] = cycle
 
@@ -1269,12 +1266,11 @@ class TDLRT(torch.optim.Optimizer):
         )
 
     def _finish(self, layer: TuckerLayer, augmented: AugmentedStep, out) -> None:
-        """Store a truncated step (:func:`truncate_multi`'s result) in the layer."""
-        if augmented.state is not None:
-            new, state = out
+        """Store a truncated step (:func:`truncate_multi`'s ``(tucker, state)``) in
+        the layer."""
+        new, state = out
+        if state is not None:
             self.state[layer.core]["tucker_state"] = _pack(state)
-        else:
-            new = out
         layer.set_tucker(new)
 
     def _all_tucker_layers(self) -> list[TuckerLayer]:
