@@ -432,8 +432,8 @@ class OptimizerState:
     def unpack(packed: Mapping[str, Any]) -> OptimizerState:
         """The state of a :meth:`pack` dict.
 
-        Dicts of tuckerflow < 0.x (``"adam": True/False`` instead of ``"rule"``) are
-        read as :class:`Adam`/:class:`Momentum`.
+        Dicts written before named rules (``"adam": True/False`` instead of
+        ``"rule"``) are read as :class:`Adam`/:class:`Momentum`.
 
         Parameters
         ----------
