@@ -43,7 +43,13 @@ def test_code_blocks_run(page, capsys):
     namespace: dict = {"__name__": "__docs__"}
     for number, block in enumerate(python_blocks(page.read_text())):
         try:
-            exec(compile(block, f"{page.name}[block {number}]", "exec"), namespace)
+            # dont_inherit: run as a user's script, not under this file's
+            # ``from __future__ import annotations`` (dataclasses would look up
+            # the string annotations in a module that does not exist)
+            code = compile(
+                block, f"{page.name}[block {number}]", "exec", dont_inherit=True
+            )
+            exec(code, namespace)
         except Exception as error:  # name the block that failed
             raise AssertionError(
                 f"{page.name}, block {number} failed:\n{block}"

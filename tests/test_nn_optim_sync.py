@@ -161,7 +161,26 @@ def test_a_skipped_step_reads_the_device_once_and_changes_nothing(monkeypatch):
     torch.testing.assert_close(model.state_dict(), weights, atol=0, rtol=0)
     after = optimizer.state_dict()
     assert after["tdlrt_steps"] == state["tdlrt_steps"]
-    torch.testing.assert_close(after["state"], state["state"], atol=0, rtol=0)
+
+    def tensors(saved):  # (assert_close compares no str: the packed rule names)
+        return {
+            index: {
+                key: (
+                    {k: v for k, v in value.items() if k != "rule"}
+                    if key == "tucker_state"
+                    else value
+                )
+                for key, value in entry.items()
+            }
+            for index, entry in saved.items()
+        }
+
+    torch.testing.assert_close(
+        tensors(after["state"]), tensors(state["state"]), atol=0, rtol=0
+    )
+    assert [e.get("tucker_state", {}).get("rule") for e in after["state"].values()] == [
+        e.get("tucker_state", {}).get("rule") for e in state["state"].values()
+    ]
 
 
 @pytest.mark.parametrize("options", [{}, {"momentum": 0.9}, {"adam": True}])

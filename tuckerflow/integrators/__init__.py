@@ -23,7 +23,15 @@ from .driver import (
 from .growth import RankGrowth, normal_directions
 from .linesearch import Armijo
 from .rgd import rgd_step
-from .state import Adam, Momentum, OptimizerState
+from .state import (
+    Adam,
+    Momentum,
+    OptimizerState,
+    basis_buffers,
+    core_buffer,
+    registered_rules,
+    rule_class,
+)
 from .tdlrt import tdlrt_step
 from .vanilla import vanilla_step
 
@@ -38,13 +46,17 @@ __all__ = [
     "Momentum",
     "OptimizerState",
     "RankGrowth",
+    "basis_buffers",
     "bug_step",
+    "core_buffer",
     "integrate",
     "k_gradients_from_factor_gradients",
     "normal_directions",
     "parallel_bug_step",
     "parallel_bug_update",
+    "registered_rules",
     "rgd_step",
+    "rule_class",
     "tdlrt_step",
     "vanilla_step",
 ]

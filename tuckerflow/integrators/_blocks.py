@@ -39,7 +39,8 @@ def check_state(state: Any, core: Any, factors: Sequence[Any]) -> None:
         return
     if not isinstance(state, OptimizerState):
         raise TypeError(
-            "state must be a tuckerflow.Momentum or tuckerflow.Adam state, got "
+            "state must be an OptimizerState (tuckerflow.Momentum, tuckerflow.Adam, "
+            "or another registered rule), got "
             f"{type(state).__name__}"
         )
     state.check(core, factors)

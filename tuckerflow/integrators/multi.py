@@ -36,7 +36,7 @@ from ..hosvd import CoreDecomposition, pinned_modes
 from ..linalg import thin_svd
 from ..ranks import RankRule, as_rank_rule
 from ._blocks import AugmentedStep
-from .state import Adam, Momentum, OptimizerState
+from .state import OptimizerState
 
 __all__ = [
     "tdlrt_augment_multi",
@@ -132,21 +132,41 @@ def _left_singular(stack: Any) -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------ state stacking
+def _batchable(state: OptimizerState) -> bool:
+    """Whether the state's transport is the base class's (from its declared
+    buffers), which the batched steps apply to stacked buffers."""
+    cls = type(state)
+    return all(
+        getattr(cls, method) is getattr(OptimizerState, method)
+        for method in ("lift", "transform_core", "transform_bases")
+    )
+
+
 def _state_key(state: OptimizerState | None) -> Any:
+    """States of one class with equal hyper-parameters and counters stack."""
     if state is None:
         return None
-    if isinstance(state, Momentum):
-        return ("momentum", state.beta, state.nesterov)
-    if isinstance(state, Adam):
-        return ("adam", state.beta1, state.beta2, state.eps, state.count)
-    return ("other", id(state))
+    if not _batchable(state):
+        return ("other", id(state))
+    key = (type(state), state._hyper())
+    try:
+        hash(key)
+    except TypeError:  # unhashable hyper-parameters: not grouped
+        return ("other", id(state))
+    return key
+
+
+def _kinds(state: OptimizerState) -> dict[str, tuple[str, bool]]:
+    """``name -> (kind, second_moment)`` of the state's declared buffers."""
+    return {name: (kind, squared) for name, kind, squared in state._buffer_fields()}
 
 
 def _stack_states(states: Sequence[OptimizerState]) -> OptimizerState:
     first = states[0]
+    kinds = _kinds(first)
     fields = {}
     for name, value in first._buffers().items():
-        if name.startswith("core"):
+        if kinds[name][0] == "core":
             fields[name] = _stack([getattr(s, name) for s in states])
         else:
             fields[name] = tuple(
@@ -157,32 +177,29 @@ def _stack_states(states: Sequence[OptimizerState]) -> OptimizerState:
 
 
 def _unstack_state(state: OptimizerState, index: int) -> OptimizerState:
+    kinds = _kinds(state)
     fields = {}
     for name, value in state._buffers().items():
-        if name.startswith("core"):
+        if kinds[name][0] == "core":
             fields[name] = value[index]
         else:
             fields[name] = tuple(buffer[index] for buffer in value)
     return dataclasses.replace(state, **fields)
 
 
-def _second_moment(name: str) -> bool:
-    """Whether a buffer of :class:`Momentum` or :class:`Adam` is a second moment (it
-    follows a coordinate change ``T`` by ``T ∘ T``, see :mod:`.state`)."""
-    return name.endswith("_v")
-
-
 def _transform_core_state(
     state: OptimizerState, matrices: Sequence[Any | None]
 ) -> OptimizerState:
     """``state.transform_core`` on stacked buffers; a None matrix is the identity."""
+    kinds = _kinds(state)
     fields = {}
     for name, value in state._buffers().items():
-        if name.startswith("core"):
+        kind, second_moment = kinds[name]
+        if kind == "core":
             for mode, matrix in enumerate(matrices):
                 if matrix is None:
                     continue
-                if _second_moment(name):
+                if second_moment:
                     matrix = matrix * matrix
                 value = _mode_dot(value, matrix, mode)
             fields[name] = value
@@ -194,11 +211,13 @@ def _transform_bases_state(
 ) -> OptimizerState:
     """``state.transform_bases`` on stacked buffers (``b_i R_i``, squared for second
     moments)."""
+    kinds = _kinds(state)
     fields = {}
     for name, value in state._buffers().items():
-        if not name.startswith("core"):
+        kind, second_moment = kinds[name]
+        if kind == "bases":
             fields[name] = tuple(
-                tl.matmul(buffer, matrix * matrix if _second_moment(name) else matrix)
+                tl.matmul(buffer, matrix * matrix if second_moment else matrix)
                 for buffer, matrix in zip(value, matrices, strict=True)
             )
     return dataclasses.replace(state, **fields)
@@ -401,7 +420,7 @@ def tdlrt_augment_multi(
         ``wd * W`` here).
     lr : float or sequence of float
         Step size ``h > 0``, one for all or one per tensor.
-    states : sequence of Momentum or Adam, optional
+    states : sequence of OptimizerState, optional
         Optimizer state of each tensor (all or none).
 
     Returns
@@ -441,7 +460,7 @@ def parallel_augment_multi(
         Dense Euclidean gradient of each tensor, finite.
     lr : float or sequence of float
         Step size ``h > 0``, one for all or one per tensor.
-    states : sequence of Momentum or Adam, optional
+    states : sequence of OptimizerState, optional
         Optimizer state of each tensor (all or none).
 
     Returns
@@ -605,8 +624,9 @@ def truncate_multi(
     absorbed into the core, so orthonormality cannot drift over many steps), and the
     transport of the optimizer state into the new coordinates (core buffers by
     ``T_i = R_i P_i^T``, K-buffers by ``V_i^T V_i'``). The ranks are Python ints, so
-    nothing is read back from the device. Steps whose state is neither
-    :class:`Momentum` nor :class:`Adam` are finished one by one.
+    nothing is read back from the device. Steps whose state class overrides the
+    transport of :class:`~tuckerflow.integrators.state.OptimizerState` are finished
+    one by one.
 
     Parameters
     ----------
@@ -641,7 +661,7 @@ def truncate_multi(
     for index, (step, rank, rule) in enumerate(zip(steps, ranks, bounds)):
         rank = tuple(int(r) for r in rank)
         decomposition = step.decompose(rule.get("min_rank", 1), rule.get("max_rank"))
-        if step.state is not None and not isinstance(step.state, (Momentum, Adam)):
+        if step.state is not None and not _batchable(step.state):
             results[index] = step.finish(
                 rank=rank,
                 min_rank=rule.get("min_rank", 1),

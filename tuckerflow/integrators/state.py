@@ -26,6 +26,26 @@ nothing is lost when the rank grows; truncation drops exactly the state of the
 directions the step drops. With all ranks full (``r_i = n_i``) heavy-ball momentum
 reproduces dense momentum SGD step for step.
 
+Adding a rule
+-------------
+A rule is a frozen dataclass subclassing :class:`OptimizerState`, registered under a
+stable ``name`` (a class attribute; the registry is filled when the class is defined)
+and found again by :func:`rule_class`. It declares its buffers with
+:func:`core_buffer` and :func:`basis_buffers` (first moments, or
+``second_moment=True``); every other field is a hyper-parameter or counter (plain
+numbers). From these declarations the base class zeroes the buffers (:meth:`init`),
+checks them against a point, carries them through every lift and truncation by the
+rule above (also on the batched buffers of :mod:`tuckerflow.integrators.multi`), and
+packs them into a dict of tensors and numbers (:meth:`OptimizerState.pack`,
+:meth:`OptimizerState.unpack`, used by ``TDLRT.state_dict``). The rule itself
+implements :meth:`~OptimizerState.core_direction` and
+:meth:`~OptimizerState.basis_direction` (entrywise on its buffers: the batched paths
+pass them with a leading axis of stacked tensors), and optionally
+:meth:`~OptimizerState.begin_step`, :meth:`~OptimizerState.basis_memory` and
+:meth:`~OptimizerState.with_new_directions`, and a validating ``init``. Nothing else
+in tuckerflow names a rule: ``TDLRT(rule=...)`` takes any registered one
+(:meth:`OptimizerState.configure`).
+
 Sources: B. T. Polyak, "Some methods of speeding up the convergence of iteration
 methods", USSR Comput. Math. Math. Phys. 4(5), 1-17, 1964 (heavy-ball momentum);
 D. P. Kingma, J. Ba, "Adam: A method for stochastic optimization", ICLR 2015 (Adam).
@@ -35,17 +55,116 @@ The transport of the buffers into new bases described above is tuckerflow's own.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 import numbers
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import tensorly as tl
 
 from .._checks import check_tensor
 from ..backend import plain_context
 
-__all__ = ["Momentum", "Adam", "OptimizerState"]
+__all__ = [
+    "Adam",
+    "Momentum",
+    "OptimizerState",
+    "basis_buffers",
+    "core_buffer",
+    "registered_rules",
+    "rule_class",
+]
+
+# metadata key of a buffer field: ("core" | "bases", second_moment)
+_BUFFER = "tuckerflow_buffer"
+# rule name -> state class (filled by OptimizerState.__init_subclass__)
+_RULES: dict[str, type[OptimizerState]] = {}
+
+
+def core_buffer(*, second_moment: bool = False) -> Any:
+    """Declare a field of an :class:`OptimizerState` subclass as a core buffer.
+
+    Use as the field's default: ``core_m: Any = core_buffer()``. The buffer has the
+    shape of the core, ``(r_1, ..., r_d)``, and follows a change of core coordinates
+    ``T_i`` as ``C ×_i T_i`` (a first moment) or ``C ×_i (T_i ∘ T_i)``
+    (``second_moment=True``, a diagonal covariance); see the module notes.
+
+    Parameters
+    ----------
+    second_moment : bool, default False
+        Whether the buffer is a second moment.
+
+    Returns
+    -------
+    dataclasses.Field
+        A field without default (give it a value in ``init``).
+    """
+    return dataclasses.field(metadata={_BUFFER: ("core", bool(second_moment))})
+
+
+def basis_buffers(*, second_moment: bool = False) -> Any:
+    """Declare a field of an :class:`OptimizerState` subclass as K-buffers.
+
+    Use as the field's default: ``bases_m: tuple = basis_buffers()``. The field holds
+    a tuple of one buffer per mode, of shape ``(n_i, k_i)`` with
+    ``k_i = min(r_i, prod_{j != i} r_j)``, in the coordinates of the K-step; it
+    follows a change of K-coordinates ``R_i`` as ``b_i R_i`` (first moment) or
+    ``b_i (R_i ∘ R_i)`` (``second_moment=True``).
+
+    Parameters
+    ----------
+    second_moment : bool, default False
+        Whether the buffers are second moments.
+
+    Returns
+    -------
+    dataclasses.Field
+        A field without default (give it a value in ``init``).
+    """
+    return dataclasses.field(metadata={_BUFFER: ("bases", bool(second_moment))})
+
+
+def rule_class(name: str) -> type[OptimizerState]:
+    """The optimizer-state class registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The class's ``name`` attribute (``"momentum"``, ``"adam"``, or a rule
+        defined elsewhere).
+
+    Returns
+    -------
+    type
+        The :class:`OptimizerState` subclass.
+
+    Raises
+    ------
+    ValueError
+        If no rule of that name is registered (its class was never defined in this
+        process: import the module that defines it).
+    """
+    try:
+        return _RULES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"no optimizer rule is registered as {name!r} (registered: "
+            f"{sorted(_RULES)}); define or import its OptimizerState subclass, "
+            "with a class attribute name, first"
+        ) from None
+
+
+def registered_rules() -> dict[str, type[OptimizerState]]:
+    """All registered optimizer rules.
+
+    Returns
+    -------
+    dict
+        ``name -> OptimizerState subclass`` (a copy).
+    """
+    return dict(_RULES)
 
 
 def _k_shapes(core: Any, factors: Sequence[Any]) -> list[tuple[int, int]]:
@@ -75,6 +194,21 @@ def _transform_bases(
     )
 
 
+@functools.cache
+def _buffer_fields(cls: type) -> tuple[tuple[str, str, bool], ...]:
+    fields = []
+    for field in dataclasses.fields(cls):
+        if field.name == "rule":
+            raise TypeError(
+                f"{cls.__qualname__}: a field may not be called 'rule' (the key of "
+                "the rule's name in packed states)"
+            )
+        declared = field.metadata.get(_BUFFER)
+        if declared is not None:
+            fields.append((field.name, *declared))
+    return tuple(fields)
+
+
 def _check_fraction(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
@@ -86,16 +220,247 @@ def _check_fraction(value: Any, name: str) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerState:
-    """Base class of the optimizer states (:class:`Momentum`, :class:`Adam`).
+    """Base class of the optimizer states, one subclass per rule (:class:`Momentum`,
+    :class:`Adam`, or one of your own).
 
     Subclasses hold buffers shaped like the core, ``(r_1, ..., r_d)``, and like each
     K-step variable, ``(n_i, k_i)`` with ``k_i = min(r_i, prod_{j != i} r_j)``. States
     are immutable: every method returns a new state. The steps call these methods;
-    a user only builds a state (``Momentum.init``, ``Adam.init``) and passes it on.
+    a user only builds a state (``Momentum.init``, ``Adam.init``) and passes it on,
+    or names the rule to ``TDLRT(rule=...)`` (:meth:`configure`).
+
+    A new rule (see "Adding a rule" in :mod:`tuckerflow.integrators.state`) is a
+    frozen dataclass subclass with
+
+    * a class attribute ``name``: the stable name it is registered under (stored in
+      checkpoints; a subclass without one is not registered);
+    * its buffers declared with :func:`core_buffer` and :func:`basis_buffers`, and
+      its other fields plain numbers (hyper-parameters, step counts; no field may be
+      called ``rule``);
+    * :meth:`core_direction` and :meth:`basis_direction`, entrywise on the buffers;
+      optionally :meth:`begin_step`, :meth:`basis_memory`,
+      :meth:`with_new_directions`, and an ``init`` that validates its
+      hyper-parameters (the inherited one zeroes the buffers and passes keywords
+      through).
+
+    The transport of the buffers (:meth:`lift`, :meth:`transform_core`,
+    :meth:`transform_bases`), :meth:`check`, :meth:`pack` and :meth:`unpack` come
+    from the declarations; do not override the transport (the batched steps of
+    :mod:`tuckerflow.integrators.multi` apply the same rule to stacked buffers).
+
+    Examples
+    --------
+    A heavy-ball rule with dampening, ``b <- beta b + (1 - tau) g``:
+
+    >>> import dataclasses
+    >>> from typing import Any
+    >>> from tuckerflow.integrators.state import (
+    ...     OptimizerState, basis_buffers, core_buffer)
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Dampened(OptimizerState):
+    ...     name = "doc-dampened"
+    ...     beta: float
+    ...     tau: float
+    ...     core: Any = core_buffer()
+    ...     bases: tuple = basis_buffers()
+    ...     def core_direction(self, grad):
+    ...         core = self.beta * self.core + (1 - self.tau) * grad
+    ...         return core, dataclasses.replace(self, core=core)
+    ...     def basis_direction(self, mode, grad):
+    ...         bases = list(self.bases)
+    ...         bases[mode] = self.beta * bases[mode] + (1 - self.tau) * grad
+    ...         return bases[mode], dataclasses.replace(self, bases=tuple(bases))
+    >>> Dampened.configure(beta=0.9, tau=0.1)
+    ('doc-dampened', {'beta': 0.9, 'tau': 0.1})
     """
 
+    name: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name is None:
+            return
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"{cls.__qualname__}.name must be a non-empty str, got {name!r}"
+            )
+        known = _RULES.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
+            raise ValueError(
+                f"the optimizer rule name {name!r} is taken by "
+                f"{known.__module__}.{known.__qualname__}; give "
+                f"{cls.__qualname__} another name"
+            )
+        _RULES[name] = cls  # (a redefinition of the same class replaces it)
+
+    @classmethod
+    def _buffer_fields(cls) -> tuple[tuple[str, str, bool], ...]:
+        """``(field name, "core" | "bases", second_moment)`` of every declared
+        buffer, in field order."""
+        return _buffer_fields(cls)
+
     def _buffers(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return {name: getattr(self, name) for name, _, _ in self._buffer_fields()}
+
+    def _hyper(self) -> tuple[Any, ...]:
+        """The values of the fields that are not buffers (hyper-parameters,
+        counters): states with equal values can be stacked."""
+        buffers = {name for name, _, _ in self._buffer_fields()}
+        return tuple(
+            getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in buffers
+        )
+
+    @classmethod
+    def zero_buffers(cls, tucker: Any) -> dict[str, Any]:
+        """Zero buffers of every declared buffer field for the point ``tucker``.
+
+        Parameters
+        ----------
+        tucker : TuckerTensor or (core, factors)
+            Core of shape ``(r_1, ..., r_d)``, factors of shapes ``(n_i, r_i)``.
+
+        Returns
+        -------
+        dict
+            ``field name -> zeros`` of shape ``(r_1, ..., r_d)`` (core buffers) or a
+            tuple of zeros of shapes ``(n_i, k_i)`` (K-buffers), in the dtype and on
+            the device of the core.
+        """
+        core, factors = tucker
+        shapes = _k_shapes(core, factors)
+        zeros: dict[str, Any] = {}
+        for name, kind, _ in cls._buffer_fields():
+            if kind == "core":
+                zeros[name] = _zeros(tl.shape(core), core)
+            else:
+                zeros[name] = tuple(_zeros(shape, core) for shape in shapes)
+        return zeros
+
+    @classmethod
+    def init(cls, tucker: Any, **hyper: Any) -> OptimizerState:
+        """Zero state for the point ``tucker``.
+
+        The inherited version: every declared buffer zero (:meth:`zero_buffers`),
+        the other fields from ``hyper``. Rules override it to validate their
+        hyper-parameters (as :meth:`Momentum.init`, :meth:`Adam.init`).
+
+        Parameters
+        ----------
+        tucker : TuckerTensor or (core, factors)
+            The point the state belongs to: core of shape ``(r_1, ..., r_d)``,
+            factors of shapes ``(n_i, r_i)``.
+        **hyper
+            The rule's fields that are not buffers.
+
+        Returns
+        -------
+        OptimizerState
+            The state, with zero buffers.
+
+        Raises
+        ------
+        TypeError
+            If ``hyper`` misses a field or names an unknown one.
+        """
+        return cls(**hyper, **cls.zero_buffers(tucker))
+
+    @classmethod
+    def configure(cls, **hyper: Any) -> tuple[str, dict[str, Any]]:
+        """A rule spec for ``TDLRT(rule=...)``: this rule with these hyper-parameters.
+
+        Parameters
+        ----------
+        **hyper
+            Keywords of the rule's ``init`` (``Momentum``: ``beta``,
+            ``nesterov``; ``Adam``: ``betas``, ``eps``); missing ones take
+            ``init``'s defaults.
+
+        Returns
+        -------
+        (str, dict)
+            ``(name, hyper)``: plain data, so it can be saved in a parameter group
+            and read back by ``torch.load(..., weights_only=True)``.
+
+        Raises
+        ------
+        TypeError
+            If the class is not registered (no ``name``), or ``init`` takes no such
+            keywords.
+        """
+        if cls.__dict__.get("name") is None:
+            raise TypeError(
+                f"{cls.__qualname__} is not a registered rule: give it a class "
+                "attribute name"
+            )
+        try:
+            inspect.signature(cls.init).bind(None, **hyper)
+        except TypeError as error:
+            raise TypeError(f"{cls.__qualname__}.init: {error}") from None
+        return cls.name, dict(hyper)
+
+    def pack(self) -> dict[str, Any]:
+        """The state as a dict of tensors, numbers and lists (``state_dict``-safe).
+
+        Returns
+        -------
+        dict
+            ``"rule"`` (the registered name) and every field, tuples as lists.
+
+        Raises
+        ------
+        TypeError
+            If the class is not registered (no ``name``).
+        """
+        if type(self).__dict__.get("name") is None:
+            raise TypeError(
+                f"{type(self).__qualname__} is not a registered rule: give it a "
+                "class attribute name"
+            )
+        packed: dict[str, Any] = {"rule": self.name}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            packed[field.name] = list(value) if isinstance(value, tuple) else value
+        return packed
+
+    @staticmethod
+    def unpack(packed: Mapping[str, Any]) -> OptimizerState:
+        """The state of a :meth:`pack` dict.
+
+        Dicts written before named rules (``"adam": True/False`` instead of
+        ``"rule"``) are read as :class:`Adam`/:class:`Momentum`.
+
+        Parameters
+        ----------
+        packed : dict
+            As returned by :meth:`pack`.
+
+        Returns
+        -------
+        OptimizerState
+            An instance of the registered class, lists back as tuples.
+
+        Raises
+        ------
+        ValueError
+            If the rule is not registered (:func:`rule_class`).
+        KeyError
+            If a field is missing.
+        """
+        name = packed.get("rule")
+        if name is None and "adam" in packed:  # the format before named rules
+            name = "adam" if packed["adam"] else "momentum"
+        cls = rule_class(name)
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = packed[field.name]
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
 
     def check(self, core: Any, factors: Sequence[Any]) -> None:
         """Check that the buffers belong to the point ``(core, factors)``.
@@ -118,8 +483,9 @@ class OptimizerState:
         """
         core_shape = tuple(tl.shape(core))
         k_shapes = _k_shapes(core, factors)
+        kinds = {name: kind for name, kind, _ in self._buffer_fields()}
         for name, value in self._buffers().items():
-            if name.startswith("core"):
+            if kinds[name] == "core":
                 check_tensor(value, f"state.{name}")
                 if tuple(tl.shape(value)) != core_shape:
                     raise ValueError(
@@ -184,7 +550,12 @@ class OptimizerState:
         OptimizerState
             Core buffers of shape ``(s_1, ..., s_d)``.
         """
-        raise NotImplementedError
+        fields = {
+            name: _transform_core(getattr(self, name), matrices, squared=squared)
+            for name, kind, squared in self._buffer_fields()
+            if kind == "core"
+        }
+        return dataclasses.replace(self, **fields)
 
     def transform_bases(self, matrices: Sequence[Any]) -> OptimizerState:
         """Basis buffers into new K-coordinates ``R_i = V_i^T V_i'`` (``b_i R_i``).
@@ -199,7 +570,12 @@ class OptimizerState:
         OptimizerState
             Basis buffers of shapes ``(n_i, k_i')``.
         """
-        raise NotImplementedError
+        fields = {
+            name: _transform_bases(getattr(self, name), matrices, squared=squared)
+            for name, kind, squared in self._buffer_fields()
+            if kind == "bases"
+        }
+        return dataclasses.replace(self, **fields)
 
     def core_direction(self, grad: Any) -> tuple[Any, OptimizerState]:
         """Direction of the core (Galerkin) update from its gradient.
@@ -295,10 +671,12 @@ class Momentum(OptimizerState):
        initialization and momentum in deep learning", ICML 2013.
     """
 
+    name = "momentum"
+
     beta: float
     nesterov: bool
-    core: Any
-    bases: tuple[Any, ...]
+    core: Any = core_buffer()
+    bases: tuple[Any, ...] = basis_buffers()
 
     @classmethod
     def init(
@@ -330,23 +708,8 @@ class Momentum(OptimizerState):
         ValueError
             If ``beta`` is not in ``[0, 1)``.
         """
-        core, factors = tucker
         beta = _check_fraction(beta, "beta")
-        bases = tuple(_zeros(shape, core) for shape in _k_shapes(core, factors))
-        return cls(beta, bool(nesterov), _zeros(tl.shape(core), core), bases)
-
-    def _buffers(self) -> dict[str, Any]:
-        return {"core": self.core, "bases": self.bases}
-
-    def transform_core(self, matrices: Sequence[Any]) -> Momentum:
-        return dataclasses.replace(
-            self, core=_transform_core(self.core, matrices, squared=False)
-        )
-
-    def transform_bases(self, matrices: Sequence[Any]) -> Momentum:
-        return dataclasses.replace(
-            self, bases=_transform_bases(self.bases, matrices, squared=False)
-        )
+        return cls(beta=beta, nesterov=bool(nesterov), **cls.zero_buffers(tucker))
 
     def _direction(self, buffer: Any, grad: Any) -> tuple[Any, Any]:
         buffer = self.beta * buffer + grad
@@ -397,14 +760,16 @@ class Adam(OptimizerState):
        ICLR 2015.
     """
 
+    name = "adam"
+
     beta1: float
     beta2: float
     eps: float
     count: int
-    core_m: Any
-    core_v: Any
-    bases_m: tuple[Any, ...]
-    bases_v: tuple[Any, ...]
+    core_m: Any = core_buffer()
+    core_v: Any = core_buffer(second_moment=True)
+    bases_m: tuple[Any, ...] = basis_buffers()
+    bases_v: tuple[Any, ...] = basis_buffers(second_moment=True)
 
     @classmethod
     def init(
@@ -437,47 +802,20 @@ class Adam(OptimizerState):
             If a beta is not in ``[0, 1)``, or ``eps`` is not a finite real number
             ``> 0``.
         """
-        core, factors = tucker
         beta1 = _check_fraction(betas[0], "betas[0]")
         beta2 = _check_fraction(betas[1], "betas[1]")
         if not (isinstance(eps, numbers.Real) and eps > 0 and math.isfinite(eps)):
             raise ValueError(f"eps must be finite and > 0, got {eps!r}")
-        shapes = _k_shapes(core, factors)
         return cls(
-            beta1,
-            beta2,
-            float(eps),
-            0,
-            _zeros(tl.shape(core), core),
-            _zeros(tl.shape(core), core),
-            tuple(_zeros(s, core) for s in shapes),
-            tuple(_zeros(s, core) for s in shapes),
+            beta1=beta1,
+            beta2=beta2,
+            eps=float(eps),
+            count=0,
+            **cls.zero_buffers(tucker),
         )
-
-    def _buffers(self) -> dict[str, Any]:
-        return {
-            "core_m": self.core_m,
-            "core_v": self.core_v,
-            "bases_m": self.bases_m,
-            "bases_v": self.bases_v,
-        }
 
     def begin_step(self) -> Adam:
         return dataclasses.replace(self, count=self.count + 1)
-
-    def transform_core(self, matrices: Sequence[Any]) -> Adam:
-        return dataclasses.replace(
-            self,
-            core_m=_transform_core(self.core_m, matrices, squared=False),
-            core_v=_transform_core(self.core_v, matrices, squared=True),
-        )
-
-    def transform_bases(self, matrices: Sequence[Any]) -> Adam:
-        return dataclasses.replace(
-            self,
-            bases_m=_transform_bases(self.bases_m, matrices, squared=False),
-            bases_v=_transform_bases(self.bases_v, matrices, squared=True),
-        )
 
     def _direction(self, m: Any, v: Any, grad: Any) -> tuple[Any, Any, Any]:
         count = max(self.count, 1)

@@ -10,7 +10,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .convert import CompressionReport, compression_report, tuckerize
 from .distributed import prepare_ddp
 from .layers import TuckerConv1d, TuckerConv2d, TuckerConv3d, TuckerLayer, TuckerLinear
-from .optim import TDLRT, linear_budget
+from .optim import TDLRT, linear_budget, register_ordinary_rule
 from .registry import register_tucker_layer, registered_tucker_layers
 from .transposed import (
     TuckerConvTranspose1d,
@@ -36,6 +36,7 @@ __all__ = [
     "load_checkpoint",
     "merge_adapters",
     "prepare_ddp",
+    "register_ordinary_rule",
     "register_tucker_layer",
     "registered_tucker_layers",
     "save_checkpoint",

@@ -1,11 +1,13 @@
 """``TDLRT``: a ``torch.optim.Optimizer`` whose Tucker weights take the TDLRT step.
 
 Every Tucker layer (:class:`~tuckerflow.nn.TuckerLayer`) whose parameters are in the
-optimizer is updated by the core integrators under TensorLy's pytorch backend; every
+optimizer is updated by the core integrators under TensorLy's pytorch backend, with
+the state of the group's optimizer rule (:mod:`tuckerflow.integrators.state`); every
 other parameter (biases, BatchNorm, dense layers) takes the matching ordinary update
 (SGD with momentum, or Adam: ``torch.optim``'s functional ``sgd``/``adam`` with
 ``foreach=True`` on all of a group's parameters at once, giving the iterates and the
-state of ``torch.optim.SGD``/``Adam``). Ranks change in place: the layer's
+state of ``torch.optim.SGD``/``Adam``; another rule's from
+:func:`register_ordinary_rule`). Ranks change in place: the layer's
 ``Parameter`` objects are kept and their data swapped.
 
 How each Tucker layer gets its gradient (``method``):
@@ -44,8 +46,8 @@ is kept) with a warning naming the layer.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
+import inspect
 import math
 import warnings
 import weakref
@@ -61,7 +63,6 @@ from torch.optim.sgd import sgd as functional_sgd
 import tuckerflow as tf
 from tuckerflow._checks import available_ranks, check_tol
 from tuckerflow.contractions import GradientContractions
-from tuckerflow.integrators import Adam, Momentum
 from tuckerflow.integrators._blocks import AugmentedStep
 from tuckerflow.integrators.bug import (
     parallel_augment_from_factor_gradients,
@@ -72,6 +73,7 @@ from tuckerflow.integrators.multi import (
     tdlrt_augment_multi,
     truncate_multi,
 )
+from tuckerflow.integrators.state import OptimizerState, rule_class
 from tuckerflow.profiling import phase
 from tuckerflow.ranks import (
     GLOBAL_CRITERIA,
@@ -89,27 +91,188 @@ from .layers import (
     reconstruct,
 )
 
-__all__ = ["TDLRT", "linear_budget"]
+__all__ = ["TDLRT", "linear_budget", "register_ordinary_rule"]
 
 METHODS = ("auto", "tdlrt", "parallel", "vanilla")
 
 
 def _pack(state: Any) -> dict[str, Any]:
     """Core optimizer state -> plain dict of tensors and numbers (state_dict-safe)."""
-    packed: dict[str, Any] = {"adam": isinstance(state, Adam)}
-    for field in dataclasses.fields(state):
-        value = getattr(state, field.name)
-        packed[field.name] = list(value) if isinstance(value, tuple) else value
-    return packed
+    return state.pack()
 
 
 def _unpack(packed: dict[str, Any]) -> Any:
-    cls = Adam if packed["adam"] else Momentum
-    values = {}
-    for field in dataclasses.fields(cls):
-        value = packed[field.name]
-        values[field.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
+    """A :func:`_pack` dict (or one of the format before named rules) -> state."""
+    return OptimizerState.unpack(packed)
+
+
+# ------------------------------------------------------------ optimizer rules
+def _sgd_momentum(
+    parameters: list,
+    grads: list,
+    states: list,
+    *,
+    lr: float,
+    weight_decay: float,
+    beta: float,
+    nesterov: bool,
+) -> None:
+    """The ordinary counterpart of :class:`~tuckerflow.Momentum`:
+    ``torch.optim.SGD(momentum=beta, nesterov=nesterov)``."""
+    buffers = [state.get("momentum_buffer") for state in states]
+    functional_sgd(
+        parameters,
+        grads,
+        buffers,  # None entries are filled with new buffers
+        has_sparse_grad=any(grad.is_sparse for grad in grads),  # (embeddings)
+        foreach=True,
+        weight_decay=weight_decay,
+        momentum=beta,
+        lr=lr,
+        dampening=0.0,
+        nesterov=nesterov,
+        maximize=False,
+    )
+    for state, buffer in zip(states, buffers):
+        state["momentum_buffer"] = buffer
+
+
+def _adam(
+    parameters: list,
+    grads: list,
+    states: list,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+) -> None:
+    """The ordinary counterpart of :class:`~tuckerflow.Adam`:
+    ``torch.optim.Adam(betas=betas, eps=eps)``."""
+    exp_avgs, exp_avg_sqs, steps = [], [], []
+    for parameter, state in zip(parameters, states):
+        if not state:
+            # on the host, in torch.optim's scalar dtype (as Adam's own)
+            state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+            state["exp_avg"] = torch.zeros_like(
+                parameter, memory_format=torch.preserve_format
+            )
+            state["exp_avg_sq"] = torch.zeros_like(
+                parameter, memory_format=torch.preserve_format
+            )
+        exp_avgs.append(state["exp_avg"])
+        exp_avg_sqs.append(state["exp_avg_sq"])
+        steps.append(state["step"])
+    beta1, beta2 = betas
+    functional_adam(
+        parameters,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        foreach=True,
+        amsgrad=False,
+        beta1=beta1,
+        beta2=beta2,
+        lr=lr,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=False,
+    )
+
+
+# rule name -> the update of the ordinary parameters (torch.optim's functional form)
+_ORDINARY_RULES: dict[str, Callable[..., None]] = {
+    "momentum": _sgd_momentum,
+    "adam": _adam,
+}
+
+
+def register_ordinary_rule(name: str, step: Callable[..., None]) -> None:
+    """Give an optimizer rule its update of the ordinary parameters.
+
+    :class:`TDLRT` updates every parameter that is not part of a Tucker layer
+    (biases, norms, dense layers) with the ordinary counterpart of the group's rule;
+    ``"momentum"`` and ``"adam"`` have theirs (``torch.optim``'s functional
+    ``sgd``/``adam`` with ``foreach=True``). A rule defined elsewhere (a subclass of
+    :class:`~tuckerflow.OptimizerState`) registers its own here before the
+    optimizer is built; a group with such a rule and ordinary parameters but no
+    registered update is refused.
+
+    Parameters
+    ----------
+    name : str
+        The rule's registered name (``OptimizerState`` subclass attribute ``name``).
+    step : callable
+        ``step(parameters, grads, states, *, lr, weight_decay, **hyper)``: updates
+        the list of parameters in place (under ``torch.no_grad``) from their
+        gradients. ``states`` holds one dict per parameter, the optimizer's
+        ``state[p]`` (saved by ``state_dict``), for the rule's buffers;
+        ``weight_decay`` is the coupled L2 factor (add ``weight_decay * p`` to the
+        gradient); ``hyper`` are the keywords of the rule's ``init`` with its
+        defaults filled in.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str or ``step`` is not callable.
+    """
+    if not isinstance(name, str) or not callable(step):
+        raise TypeError(
+            f"register_ordinary_rule needs a rule name and a callable, got {name!r} "
+            f"and {step!r}"
+        )
+    _ORDINARY_RULES[name] = step
+
+
+def _rule_spec(value: Any) -> tuple[str, dict[str, Any]] | None:
+    """``TDLRT(rule=...)`` -> ``(name, hyper)`` (plain data) or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        name, hyper = value, {}
+    elif isinstance(value, type) and issubclass(value, OptimizerState):
+        name, hyper = value.configure()
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], dict)
+    ):
+        name, hyper = value[0], dict(value[1])
+    else:
+        raise TypeError(
+            "rule must be a registered rule's name, its OptimizerState class, or "
+            "(name, hyper-parameters) as returned by e.g. "
+            f"tuckerflow.Adam.configure(betas=(0.9, 0.99)); got {value!r}"
+        )
+    cls = rule_class(name)
+    _, hyper = cls.configure(**hyper)  # unknown keywords: TypeError
+    return name, hyper
+
+
+def _rule_arguments(name: str, hyper: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of the rule's ``init`` (without the point), defaults filled."""
+    signature = inspect.signature(rule_class(name).init)
+    bound = signature.bind(None, **hyper)
+    bound.apply_defaults()
+    arguments: dict[str, Any] = {}
+    for position, (key, value) in enumerate(bound.arguments.items()):
+        if position == 0:  # the point
+            continue
+        if signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        else:
+            arguments[key] = value
+    return arguments
+
+
+def _check_rule(name: str, hyper: dict[str, Any]) -> None:
+    """Build the rule's state for a 1 x 1 point: its own checks of ``hyper``."""
+    with tf.use_backend("pytorch"):
+        point = (torch.zeros(1, 1), [torch.ones(1, 1), torch.ones(1, 1)])
+        rule_class(name).init(point, **hyper)
 
 
 def _orthonormality_tolerances(factor: torch.Tensor) -> tuple[float, float]:
@@ -169,6 +332,7 @@ class TDLRT(torch.optim.Optimizer):
                    (nesterov: p -= h (g + momentum b));  without momentum p -= h g
             Adam:  m = beta1 m + (1 - beta1) g,  v = beta2 v + (1 - beta2) g^2,
                    p -= h m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps)
+            another rule (rule=...): its registered ordinary update
         a non-finite loss or gradient anywhere: skip the whole step (RuntimeWarning)
 
     How each Tucker layer gets its gradient, ``weight_delta`` and the repair of
@@ -180,8 +344,9 @@ class TDLRT(torch.optim.Optimizer):
     params : iterable of Tensor or dict, or nn.Module
         As for any torch optimizer: parameters, or parameter groups (dicts with
         ``"params"`` and any of ``lr``, ``tol``, ``relative``, ``momentum``,
-        ``nesterov``, ``weight_decay``, ``adam``, ``betas``, ``eps``, ``method``,
-        ``rcond``, ``basis_update_every`` overriding the defaults below). A module means
+        ``nesterov``, ``weight_decay``, ``adam``, ``betas``, ``eps``, ``rule``,
+        ``method``, ``rcond``, ``basis_update_every`` overriding the defaults
+        below). A module means
         ``module.parameters()`` and lets messages name its Tucker layers. All of a
         Tucker layer's core and factors must be in one group.
     lr : float
@@ -228,6 +393,19 @@ class TDLRT(torch.optim.Optimizer):
     eps : float, default 1e-8
         Adam's term added to the denominator ``sqrt(v)``, in the units of the
         gradient, ``> 0`` (checked like ``betas``).
+    rule : str, OptimizerState subclass or (str, dict), optional
+        The optimizer rule of every update, instead of the shorthands ``momentum``,
+        ``nesterov``, ``adam``, ``betas``, ``eps`` (which stay:
+        ``momentum=0.9`` is ``rule=tf.Momentum.configure(beta=0.9)``, ``adam=True``
+        is ``rule=tf.Adam.configure(betas=betas, eps=eps)``): a registered rule's
+        name (its defaults), its class, or ``(name, hyper-parameters)`` as
+        returned by :meth:`tuckerflow.OptimizerState.configure`, e.g.
+        ``tf.Adam.configure(betas=(0.9, 0.99))``. Tucker layers
+        take the rule's state (:mod:`tuckerflow.integrators.state`, which also
+        says how to add a rule); ordinary parameters its counterpart from
+        :func:`register_ordinary_rule` (a group with ordinary parameters and a rule
+        without one is refused). The hyper-parameters are checked here, by the
+        rule's ``init``. Default None: plain SGD, or the shorthands.
     method : {'auto', 'tdlrt', 'parallel', 'vanilla'}, default 'auto'
         ``'tdlrt'`` (dense layers only): K-steps and Galerkin core step from one
         dense gradient ``G``. ``'parallel'``: the parallel BUG step, from ``G`` for
@@ -271,7 +449,11 @@ class TDLRT(torch.optim.Optimizer):
         int nor a callable, or is smaller than the parameter count of the Tucker
         layers at their ``min_rank``; ``budget_criterion`` or ``method`` is unknown;
         ``lr`` is not a finite number ``> 0``; ``betas`` are not two numbers in
-        ``[0, 1)`` or ``eps`` is not finite and ``> 0``; ``tol`` is not finite,
+        ``[0, 1)`` or ``eps`` is not finite and ``> 0``; ``rule`` is not
+        registered, its ``init`` refuses its hyper-parameters, it is given with
+        ``adam`` or ``momentum``, or it has no ordinary update
+        (:func:`register_ordinary_rule`) and a group has ordinary parameters;
+        ``tol`` is not finite,
         outside ``[0, 1)``
         with ``relative=True`` or negative; ``momentum`` lies outside ``[0, 1)``;
         ``nesterov`` is set without momentum; ``weight_decay`` is negative;
@@ -281,7 +463,8 @@ class TDLRT(torch.optim.Optimizer):
         :func:`~tuckerflow.nn.prepare_ddp`); or a parameter group is
         refused (:meth:`add_param_group`). :meth:`step` raises too.
     TypeError
-        If ``tol`` is not a real number.
+        If ``tol`` is not a real number, or ``rule`` is no rule spec or has
+        keywords its ``init`` does not take.
 
     Warns
     -----
@@ -336,6 +519,7 @@ class TDLRT(torch.optim.Optimizer):
         adam: bool = False,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        rule: Any = None,
         method: str = "auto",
         rcond: float | None = None,
         distributed: bool | None = None,
@@ -402,6 +586,9 @@ class TDLRT(torch.optim.Optimizer):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         _check_basis_update_every(basis_update_every)
+        rule = _rule_spec(rule)
+        if rule is not None:
+            _check_rule(*rule)
         defaults = dict(
             lr=lr,
             tol=tol,
@@ -412,6 +599,7 @@ class TDLRT(torch.optim.Optimizer):
             adam=adam,
             betas=tuple(betas),
             eps=eps,
+            rule=rule,
             method=method,
             rcond=rcond,
             basis_update_every=basis_update_every,
@@ -470,22 +658,38 @@ class TDLRT(torch.optim.Optimizer):
         param_group : dict
             ``"params"`` and any of the per-group options of :class:`TDLRT`
             (``lr``, ``tol``, ``relative``, ``momentum``, ``nesterov``,
-            ``weight_decay``, ``adam``, ``betas``, ``eps``, ``method``, ``rcond``,
-            ``basis_update_every``); missing ones take the constructor's values.
+            ``weight_decay``, ``adam``, ``betas``, ``eps``, ``rule``, ``method``,
+            ``rcond``, ``basis_update_every``); missing ones take the constructor's
+            values (a group that replaces a default ``rule`` by ``momentum`` or
+            ``adam`` sets ``rule=None``).
 
         Raises
         ------
         ValueError
-            If ``tol``, ``method`` or ``basis_update_every`` is invalid, a Tucker
-            layer's core and factors are not all in this group, its
-            ``weight_delta`` is in another group, ``method='tdlrt'`` meets a
-            factorized layer, or (torch) a parameter is already in another group.
+            If ``tol``, ``method``, ``basis_update_every`` or ``rule`` is invalid
+            (``rule`` unregistered, refused by its ``init``, given together with
+            ``adam`` or ``momentum``, or without an ordinary update while the group
+            has ordinary parameters), a Tucker layer's core and factors are not
+            all in this group, its ``weight_delta`` is in another group,
+            ``method='tdlrt'`` meets a factorized layer, or (torch) a parameter is
+            already in another group.
         TypeError
-            If ``tol`` is not a real number, or (torch) ``params`` is a set or a
-            single tensor.
+            If ``tol`` is not a real number, ``rule`` is no rule spec or has
+            keywords its ``init`` does not take, or (torch) ``params`` is a set or
+            a single tensor.
         """
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        if group["rule"] is not None:
+            group["rule"] = _rule_spec(group["rule"])
+            if group["rule"] != self.defaults["rule"]:
+                _check_rule(*group["rule"])
+            if group["adam"] or group["momentum"]:
+                raise ValueError(
+                    "give the optimizer rule by rule= or by the shorthands adam= / "
+                    "momentum=, not both (a group overriding a default rule with "
+                    "momentum or adam sets rule=None)"
+                )
         check_tol(group["tol"], group["relative"])
         _check_basis_update_every(group["basis_update_every"])
         if group["method"] not in METHODS:
@@ -523,6 +727,25 @@ class TDLRT(torch.optim.Optimizer):
                 layer._tdlrt_owned = True
             for parameter in layer.tucker_parameters():
                 self._owners[id(parameter)] = layer
+        self._check_ordinary_rule(group, layers)
+
+    def _check_ordinary_rule(self, group: dict[str, Any], layers: list) -> None:
+        """Refuse a group with ordinary parameters whose rule has no ordinary
+        update (:func:`register_ordinary_rule`)."""
+        rule = self._rule(group)
+        if rule is None or rule[0] in _ORDINARY_RULES:
+            return
+        manifold = set()
+        for layer in layers:
+            if self._method(group, layer) != "vanilla":
+                manifold.update(id(p) for p in layer.tucker_parameters())
+                if layer.weight_delta is not None:
+                    manifold.add(id(layer.weight_delta))
+        ordinary = [
+            p for p in group["params"] if p.requires_grad and id(p) not in manifold
+        ]
+        if ordinary:
+            raise ValueError(_no_ordinary_rule(rule[0], len(ordinary)))
 
     def _add_weight_delta(
         self, group: dict[str, Any], layer: TuckerLayer, members, elsewhere
@@ -638,8 +861,25 @@ class TDLRT(torch.optim.Optimizer):
         """
         state_dict = dict(state_dict)
         self._steps_taken = int(state_dict.pop("tdlrt_steps", 0))
+        # torch.optim casts every iterable in the state element by element, which
+        # would turn a packed state's rule name (a str) into garbage: set aside
+        names, state = {}, {}
+        for index, entry in state_dict.get("state", {}).items():
+            packed = entry.get("tucker_state") if isinstance(entry, dict) else None
+            if isinstance(packed, dict) and "rule" in packed:
+                names[index] = packed["rule"]
+                packed = {k: v for k, v in packed.items() if k != "rule"}
+                entry = {**entry, "tucker_state": packed}
+            state[index] = entry
+        if names:
+            state_dict["state"] = state
         with self._without_weight_deltas():
             super().load_state_dict(state_dict)
+            saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+            current = [p for g in self.param_groups for p in g["params"]]
+            for index, parameter in zip(saved, current):
+                if index in names:
+                    self.state[parameter]["tucker_state"]["rule"] = names[index]
 
     # ----------------------------------------------------------------- step
     @torch.no_grad()
@@ -903,76 +1143,71 @@ class TDLRT(torch.optim.Optimizer):
         return None
 
     def _ordinary_update(self, group: dict[str, Any], parameters: list) -> None:
-        """SGD (momentum, Nesterov) or Adam on all ordinary parameters of a group at
-        once: ``torch.optim``'s functional ``sgd``/``adam`` with ``foreach=True``
-        (its multi-tensor path), on state under ``torch.optim``'s keys
-        (``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``), so the
-        iterates are those of ``torch.optim.SGD``/``Adam(foreach=True)``."""
+        """The group's rule on all its ordinary parameters at once: plain SGD, or the
+        rule's ordinary counterpart (:func:`register_ordinary_rule`; momentum and
+        Adam: ``torch.optim``'s functional ``sgd``/``adam`` with ``foreach=True``,
+        its multi-tensor path, on state under ``torch.optim``'s keys,
+        ``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``, so the iterates
+        are those of ``torch.optim.SGD``/``Adam(foreach=True)``)."""
         if not parameters:
             return
         grads = [parameter.grad for parameter in parameters]
-        if group["adam"]:
-            exp_avgs, exp_avg_sqs, steps = [], [], []
-            for parameter in parameters:
-                state = self.state[parameter]
-                if not state:
-                    # on the host, in torch.optim's scalar dtype (as Adam's own)
-                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
-                    state["exp_avg"] = torch.zeros_like(
-                        parameter, memory_format=torch.preserve_format
-                    )
-                    state["exp_avg_sq"] = torch.zeros_like(
-                        parameter, memory_format=torch.preserve_format
-                    )
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            beta1, beta2 = group["betas"]
-            functional_adam(
+        rule = self._rule(group)
+        if rule is not None:
+            name, hyper = rule
+            step = _ORDINARY_RULES.get(name)
+            if step is None:
+                raise ValueError(_no_ordinary_rule(name, len(parameters)))
+            step(
                 parameters,
                 grads,
-                exp_avgs,
-                exp_avg_sqs,
-                [],
-                steps,
-                foreach=True,
-                amsgrad=False,
-                beta1=beta1,
-                beta2=beta2,
+                [self.state[parameter] for parameter in parameters],
                 lr=group["lr"],
                 weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=False,
+                **_rule_arguments(name, hyper),
             )
             return
-        # (no empty state entries for plain SGD, as torch.optim.SGD)
-        buffers = [self.state.get(p, {}).get("momentum_buffer") for p in parameters]
+        # plain SGD (no empty state entries, as torch.optim.SGD)
         functional_sgd(
             parameters,
             grads,
-            buffers,  # None entries are filled with new buffers
+            [None] * len(parameters),
             has_sparse_grad=any(grad.is_sparse for grad in grads),  # (embeddings)
             foreach=True,
             weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
+            momentum=0.0,
             lr=group["lr"],
             dampening=0.0,
-            nesterov=group["nesterov"],
+            nesterov=False,
             maximize=False,
         )
+
+    @staticmethod
+    def _rule(group: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The group's optimizer rule ``(name, hyper)``, None for plain SGD: its
+        ``rule``, else the shorthands (``adam``, ``momentum``; a group saved before
+        ``rule`` existed has only those)."""
+        rule = group.get("rule")
+        if rule is not None:
+            return rule[0], rule[1]
+        if group["adam"]:
+            return "adam", {"betas": tuple(group["betas"]), "eps": group["eps"]}
         if group["momentum"]:
-            for parameter, buffer in zip(parameters, buffers):
-                self.state[parameter]["momentum_buffer"] = buffer
+            return "momentum", {
+                "beta": group["momentum"],
+                "nesterov": group["nesterov"],
+            }
+        return None
 
     def _core_state(self, group: dict[str, Any], layer: TuckerLayer, tucker: Any):
         packed = self.state[layer.core].get("tucker_state")
         if packed is not None:
             return _unpack(packed)
-        if group["adam"]:
-            return Adam.init(tucker, betas=group["betas"], eps=group["eps"])
-        if group["momentum"]:
-            return Momentum.init(tucker, group["momentum"], nesterov=group["nesterov"])
-        return None
+        rule = self._rule(group)
+        if rule is None:
+            return None
+        name, hyper = rule
+        return rule_class(name).init(tucker, **hyper)
 
     def _augment_group(self, group, layers) -> list[tuple[Any, TuckerLayer, Any]]:
         """Steps 1-5 for every layer of a group, in layer order.
@@ -1396,6 +1631,16 @@ def _refuse_unprepared_ddp(root: nn.Module) -> None:
                     "model)), or create the optimizer on the unwrapped model "
                     "before wrapping it (TDLRT(model, ...) then applies prepare_ddp)"
                 )
+
+
+def _no_ordinary_rule(name: str, count: int) -> str:
+    return (
+        f"the optimizer rule {name!r} has no update for ordinary parameters, and "
+        f"{count} parameter(s) of this group are not Tucker weights (biases, norms, "
+        "dense layers, or layers with method='vanilla'): register one with "
+        f"tuckerflow.nn.register_ordinary_rule({name!r}, step), or put those "
+        "parameters into a group with another rule"
+    )
 
 
 def _check_basis_update_every(value: Any) -> None:
