@@ -21,7 +21,7 @@ momentum step equals it). Per Tucker layer it reports
   ``||G_(i) V_i S_i^T S_i|| / ||G_(i) V_i||`` is the gradient-weighted ``sigma^2``.
 
 Run: ``python benchmarks/pretrained_lr_diagnosis.py [--kept 0.05] [--lr 0.01]``
-(seconds; writes benchmarks/results/pretrained_lr_diagnosis.json with ``--save``).
+(seconds; writes benchmarks/results/pretrained/lr_diagnosis.json with ``--save``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import math
 import tensorly as tl
 import torch
 import torch.nn.functional as F
-from _common import save
+from _common import RESULTS, save
 
 import tuckerflow as tf
 from tuckerflow.datasets import MissingDataError, load_mnist
@@ -197,7 +197,8 @@ def main() -> None:
             results.append(diagnose(kept, lr, images[batch], labels[batch]))
             report(results[-1])
     if args.save:
-        print(f"saved {save('pretrained_lr_diagnosis', {'runs': results}, args.out)}")
+        folder = args.out or RESULTS / "pretrained"  # not a Benchmarks-page study
+        print(f"saved {save('lr_diagnosis', {'runs': results}, folder)}")
 
 
 if __name__ == "__main__":
