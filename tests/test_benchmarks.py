@@ -111,6 +111,18 @@ def test_pretrained_study_quick(tmp_path):
     assert {"HOSVD only", "TDLRT 1 epoch", "vanilla 1 epoch"} <= set(methods)
     truncated = [r for r in rows if r["method"] != "pretrained (dense)"]
     assert all(0 < r["compression"] < 1 and r["ranks"] for r in truncated)
+    budget = json.loads((tmp_path / "pretrained_compression_quick.json").read_text())[
+        "budget_rows"
+    ]
+    assert [r["method"] for r in budget] == [
+        "HOSVD only",
+        "TDLRT",
+        "TDLRT lr·σ²",
+        "vanilla",
+    ]
+    # the budget is held: at least 90% of the tuckerized weights removed throughout
+    assert all(r["kept"] == 0.1 and r["compression"] >= 0.899 for r in budget)
+    assert all(r["lr"] > 0 and r["seed"] == 0 for r in budget[1:])
 
 
 def test_basis_update_every_quick(tmp_path):
@@ -231,3 +243,38 @@ def test_peers_quick(tmp_path):
     assert default["best_error"] <= payload["target"]
     assert {r["library"] for r in payload["rows"]} >= {"tuckerflow", "tucker-riemopt"}
     assert "busy" in payload and payload["machine"]["tensorly"]
+
+
+def test_vanilla_equivalent_learning_rates_of_the_pretrained_study():
+    # the study's rule: a vanilla factor step at lr moves the weight by
+    # lr G_(i) V_i S_i^T S_i V_i^T, so a Tucker layer's TDLRT lr is lr times the mean
+    # squared singular value of its core unfoldings
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pretrained_compression import core_amplification, vanilla_equivalent_groups
+
+    from tuckerflow.nn import TuckerLinear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        TuckerLinear(30, 20, rank=4, dtype=torch.float64),
+        torch.nn.Linear(20, 3, dtype=torch.float64),
+    )
+    layer = model[0]
+    sigma = torch.linalg.svdvals(layer.core.detach())
+    assert core_amplification(layer) == pytest.approx(float((sigma**2).mean()))
+    # one factor step on U_0 alone, measured against the formula with S^T S
+    lr, target = 1e-3, torch.randn(20, 30, dtype=torch.float64)
+    u0, core, u1 = layer.factors[0], layer.core, layer.factors[1]
+    loss = (layer.weight * target).sum()  # dL/dW = target
+    (grad_u0,) = torch.autograd.grad(loss, u0)
+    with torch.no_grad():
+        moved = (u0 - lr * grad_u0) @ core @ u1.T - u0 @ core @ u1.T
+        expected = -lr * target @ u1 @ core.T @ core @ u1.T
+    assert torch.allclose(moved, expected)
+    groups = vanilla_equivalent_groups(model, 0.01)
+    assert groups[0]["lr"] == pytest.approx(0.01 * core_amplification(layer))
+    assert groups[-1]["lr"] == 0.01
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
