@@ -352,6 +352,11 @@ class TDLRT(torch.optim.Optimizer):
     lr : float
         Step size ``h > 0`` of every update (no default): the Tucker steps and SGD
         move by ``h`` times a gradient, Adam by at most about ``h`` per entry.
+        It is in the units of dense SGD on the weight ``W``: a learning rate that
+        fine-tunes the dense network is the place to start. A learning rate of
+        vanilla factor SGD (``method="vanilla"``, tltorch) means a larger step: its
+        factor step moves ``W`` by about ``h sigma_k^2`` times the gradient along the
+        core's ``k``-th direction; see :ref:`choose-lr`.
     tol : float, optional
         Truncation tolerance of every TDLRT step, default 0.1 (when no ``budget``
         is given): the truncated weight is within ``tol * ||Ĉ||`` (the norm of the
