@@ -328,7 +328,7 @@ def methods(problem: dict[str, Any]) -> list[tuple[str, str, Callable[..., Any],
         ),
         (
             "tuckerflow",
-            "RCG rank-adaptive from rank 1 (tol 0.01, rank growth)",
+            "RCG from rank 1, growth (tol 0.01)",
             run_tuckerflow,
             {
                 "rank": ones,
@@ -340,7 +340,7 @@ def methods(problem: dict[str, Any]) -> list[tuple[str, str, Callable[..., Any],
         ),
         (
             "tuckerflow",
-            "TDLRT + Armijo rank-adaptive from rank 1 (tol 0.01, rank growth)",
+            "TDLRT + Armijo from rank 1, growth (tol 0.01)",
             run_tuckerflow,
             {
                 "rank": ones,

@@ -818,6 +818,21 @@ def _peers_summary(payload: dict) -> list[str]:
         "**Claim.** Time to the held-out target with default settings, no step-size "
         "sweep (best of each side): " + "; ".join(wins) + "."
     ]
+    adaptive = []
+    for problem in problems:
+        reached = [r for r in rows if r["problem"] == problem and r["seconds"]]
+        grown = [r for r in reached if "from rank 1" in r["method"]]
+        peers = [r for r in reached if r["library"] != "tuckerflow"]
+        if grown and peers:
+            best, peer = (min(g, key=lambda r: r["seconds"]) for g in (grown, peers))
+            adaptive.append(
+                f"{problem}: {best['seconds']:.2f} s against {peer['seconds']:.2f} s"
+            )
+    if adaptive:
+        out.append(
+            "Rank-adaptive from rank 1, against the fastest peer given the true "
+            "rank: " + "; ".join(adaptive) + "."
+        )
     if losses:
         out.append(
             "**Where we lose.** Runs that never reached the target within "
