@@ -23,6 +23,7 @@ CUDA cases (float16 and bfloat16) run whenever a GPU is visible.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -238,6 +239,52 @@ def test_low_precision_training_tracks_the_dense_layer(name, implementation, dty
     eps = torch.finfo(dtype).eps
     error = _relative(tucker.weight, dense.weight)
     assert error <= (d + 1) * eps * math.sqrt(steps + 1), error / eps
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("rule", ["momentum", "adam", "every2"])
+def test_a_low_precision_checkpoint_resumes_exactly(dtype, rule):
+    # the TDLRT state of a float16/bfloat16 layer is float32 (its compute dtype);
+    # torch.optim's load_state_dict casts state tensors to the parameter's dtype,
+    # which rounded it: the resumed run then left the uninterrupted one
+    options = {
+        "momentum": {"momentum": 0.9},
+        "adam": {"adam": True},
+        "every2": {"momentum": 0.9, "basis_update_every": 2},
+    }[rule]
+    _, model = _pair("conv2d", "dense", dtype=dtype)
+    optimizer = TDLRT(model.parameters(), lr=LR, tol=0.1, **options)
+
+    def train(model, optimizer, steps):
+        for step in steps:
+            x, y = _batch("conv2d", step, dtype=dtype)
+            optimizer.zero_grad()
+            F.mse_loss(model(x).float(), y.float()).backward()
+            optimizer.step()
+
+    train(model, optimizer, range(3))
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())
+    _, resumed = _pair("conv2d", "dense", dtype=dtype)
+    resumed.load_state_dict(saved_model)
+    again = TDLRT(resumed.parameters(), lr=LR, tol=0.1, **options)
+    again.load_state_dict(saved_optimizer)
+    state = again.state[resumed.core]["tucker_state"]
+    assert {t.dtype for t in _tensors_of(state)} == {torch.float32}
+    train(model, optimizer, range(3, 7))
+    train(resumed, again, range(3, 7))
+    assert resumed.rank == model.rank
+    assert torch.equal(resumed.weight, model.weight)
+
+
+def _tensors_of(value):
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors_of(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors_of(v)]
+    return []
 
 
 def _small_model():

@@ -96,6 +96,22 @@ __all__ = ["TDLRT", "linear_budget", "register_ordinary_rule"]
 METHODS = ("auto", "tdlrt", "parallel", "vanilla")
 
 
+#: Per-parameter optimizer-state entries of the Tucker update (packed core/K state,
+#: the basis_update_every cycle), kept in their own dtypes by load_state_dict.
+_TUCKER_KEYS = ("tucker_state", "basis_cycle")
+
+
+def _on_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it moved to ``device``, dtypes kept."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device)
+    if isinstance(value, dict):
+        return {k: _on_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_device(v, device) for v in value)
+    return value
+
+
 def _pack(state: Any) -> dict[str, Any]:
     """Core optimizer state -> plain dict of tensors and numbers (state_dict-safe)."""
     return state.pack()
@@ -866,25 +882,28 @@ class TDLRT(torch.optim.Optimizer):
         """
         state_dict = dict(state_dict)
         self._steps_taken = int(state_dict.pop("tdlrt_steps", 0))
-        # torch.optim casts every iterable in the state element by element, which
-        # would turn a packed state's rule name (a str) into garbage: set aside
-        names, state = {}, {}
+        # torch.optim casts every floating-point tensor of the state to its
+        # parameter's dtype, and every iterable element by element: a bfloat16
+        # layer's float32 TDLRT state would be rounded to bfloat16 and a packed
+        # state's rule name (a str) turned into garbage. The Tucker entries are set
+        # aside and restored on the parameter's device in their own dtypes.
+        aside, state = {}, {}
         for index, entry in state_dict.get("state", {}).items():
-            packed = entry.get("tucker_state") if isinstance(entry, dict) else None
-            if isinstance(packed, dict) and "rule" in packed:
-                names[index] = packed["rule"]
-                packed = {k: v for k, v in packed.items() if k != "rule"}
-                entry = {**entry, "tucker_state": packed}
+            if isinstance(entry, dict) and any(k in entry for k in _TUCKER_KEYS):
+                aside[index] = {k: entry[k] for k in _TUCKER_KEYS if k in entry}
+                entry = {k: v for k, v in entry.items() if k not in _TUCKER_KEYS}
             state[index] = entry
-        if names:
+        if aside:
             state_dict["state"] = state
         with self._without_weight_deltas():
             super().load_state_dict(state_dict)
             saved = [i for g in state_dict["param_groups"] for i in g["params"]]
             current = [p for g in self.param_groups for p in g["params"]]
             for index, parameter in zip(saved, current):
-                if index in names:
-                    self.state[parameter]["tucker_state"]["rule"] = names[index]
+                if index in aside:
+                    self.state[parameter].update(
+                        _on_device(aside[index], parameter.device)
+                    )
 
     # ----------------------------------------------------------------- step
     @torch.no_grad()
