@@ -113,9 +113,9 @@ def _step_calls(Y, G):
         "parallel_bug_update": lambda s: tf.parallel_bug_update(
             Y, core_grad, k_grads, 0.1, tol=0.1, state=s
         ),
-        "bug_step": lambda s: tf.bug_step(Y, G, 0.1, grad_fn=lambda W: G),
-        "rgd_step": lambda s: tf.rgd_step(Y, G, 0.1),
-        "vanilla_step": lambda s: tf.vanilla_step(Y, G, 0.1),
+        "bug_step": lambda s: tf.bug_step(Y, G, 0.1, grad_fn=lambda W: G, state=s),
+        "rgd_step": lambda s: tf.rgd_step(Y, G, 0.1, state=s),
+        "vanilla_step": lambda s: tf.vanilla_step(Y, G, 0.1, state=s),
     }
 
 
@@ -146,6 +146,9 @@ def test_every_step_returns_tucker_and_state(backend, name):
             assert isinstance(tucker, tl.tucker_tensor.TuckerTensor)
             assert type(new) is type(state)
             new.check(tucker.core, tucker.factors)
+    else:  # the same loop for every step: state=None is taken, a state refused
+        with pytest.raises(ValueError, match=f"{name} keeps no optimizer state"):
+            call(tf.Momentum.init(Y, 0.9))
 
 
 @pytest.mark.parametrize("with_state", [False, True])

@@ -22,6 +22,16 @@ from ..tangent import reparametrize
 from .state import OptimizerState, k_coordinate_change
 
 
+def refuse_state(state: Any, step: str) -> None:
+    """The ``state=`` of a step function that keeps none must be None."""
+    if state is not None:
+        raise ValueError(
+            f"{step} keeps no optimizer state, got state={type(state).__name__}: pass "
+            "state=None, or use tdlrt_step or parallel_bug_step, which carry "
+            "Momentum/Adam state through rank changes"
+        )
+
+
 def check_step_inputs(
     tucker: Any, grad: Any, lr: Any, state: OptimizerState | None = None
 ) -> tuple[Any, list[Any], float]:

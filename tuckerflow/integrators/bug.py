@@ -32,6 +32,7 @@ from ._blocks import (
     check_state,
     check_step_inputs,
     is_full_rank,
+    refuse_state,
     single_new_blocks,
 )
 from .state import OptimizerState
@@ -50,6 +51,7 @@ def bug_step(
     lr: float,
     *,
     grad_fn: Callable[[Any], Any],
+    state: None = None,
 ) -> tuple[TuckerTensor, None]:
     """Fixed-rank BUG step [1]_: new bases from the K-steps, then a Galerkin core step.
 
@@ -74,6 +76,10 @@ def bug_step(
         ``grad_fn(dense_tensor) -> dense gradient``: the Euclidean gradient at a
         dense tensor of shape ``(n_1, ..., n_d)``, returned with that shape and the
         point's dtype; called once, at the new basis.
+    state : None, optional
+        Accepted so that a loop reads the same for every step function
+        (``Y, state = step(Y, G, lr, state=state)``); this method keeps no optimizer
+        state, so it must be None.
 
     Returns
     -------
@@ -96,13 +102,15 @@ def bug_step(
         mode, mismatched shapes, NaN or Inf entries) or its factors are not
         orthonormal; if ``grad`` (or what ``grad_fn`` returns) does not have the shape
         ``(n_1, ..., n_d)`` or holds NaN or Inf; if ``lr`` is not finite and
-        positive.
+        positive; if ``state`` is not None (the method keeps no optimizer state:
+        use :func:`tdlrt_step` or :func:`parallel_bug_step` for Momentum/Adam).
 
     References
     ----------
     .. [1] G. Ceruti, C. Lubich, "An unconventional robust integrator for dynamical
        low-rank approximation", BIT Numer. Math. 62, 23-44, 2022.
     """
+    refuse_state(state, "bug_step")
     core, factors, lr = check_step_inputs(tucker, grad, lr)
     if not callable(grad_fn):
         raise TypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")

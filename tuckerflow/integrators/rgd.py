@@ -19,7 +19,7 @@ from ..linalg import thin_qr
 from ..ranks import RankRule, RankSpec, rule_from_keywords
 from ..retraction import retract_unchecked, retraction_rule
 from ..tangent import TangentVector, project_unchecked
-from ._blocks import check_step_inputs
+from ._blocks import check_step_inputs, refuse_state
 
 __all__ = ["rgd_step"]
 
@@ -37,6 +37,7 @@ def rgd_step(
     max_rank: RankSpec = None,
     retraction: str = "hosvd",
     rule: RankRule | None = None,
+    state: None = None,
 ) -> tuple[TuckerTensor, None]:
     """``Y1 = R(Y0 - lr * P(Y0) G)``: Riemannian gradient descent [1]_, retracted.
 
@@ -82,6 +83,10 @@ def rgd_step(
         ``rank``, ``tol``, ``relative``, ``min_rank`` and ``max_rank`` as one value
         (:class:`tuckerflow.RankRule`; with ``"hosvd"`` its ``budget`` applies too);
         with ``rule`` they keep their defaults.
+    state : None, optional
+        Accepted so that a loop reads the same for every step function
+        (``Y, state = step(Y, G, lr, state=state)``); this method keeps no optimizer
+        state, so it must be None.
 
     Returns
     -------
@@ -109,7 +114,9 @@ def rgd_step(
         ``rank`` differs from the current rank; if ``rule`` is given with any of the
         rule keywords; with ``"hosvd"``, if both ``rank`` and ``tol`` are given or
         ``rank``, ``min_rank``, ``max_rank`` or ``tol`` is out of range (as in
-        :func:`tuckerflow.retract`).
+        :func:`tuckerflow.retract`); if ``state`` is not None (the method keeps no
+        optimizer state: use :func:`tdlrt_step` or :func:`parallel_bug_step` for
+        Momentum/Adam).
 
     References
     ----------
@@ -118,6 +125,7 @@ def rgd_step(
     .. [2] O. Koch, C. Lubich, "Dynamical tensor approximation", SIAM J. Matrix Anal.
        Appl. 31(5), 2360-2375, 2010.
     """
+    refuse_state(state, "rgd_step")
     core, factors, lr = check_step_inputs(tucker, grad, lr)
     check_finite(grad, "grad")  # the projection below does not check its input
     rule = check_rgd_rule(core, factors, rule, retraction=retraction)

@@ -14,12 +14,14 @@ from tensorly.tucker_tensor import TuckerTensor
 
 from .._checks import check_positive, check_tucker
 from ..contractions import GradientContractions
-from ._blocks import check_gradient
+from ._blocks import check_gradient, refuse_state
 
 __all__ = ["vanilla_step"]
 
 
-def vanilla_step(tucker: Any, grad: Any, lr: float) -> tuple[TuckerTensor, None]:
+def vanilla_step(
+    tucker: Any, grad: Any, lr: float, *, state: None = None
+) -> tuple[TuckerTensor, None]:
     """SGD on ``(C, U_1, ..., U_d)`` by the chain rule (factorized-layer baseline).
 
     ``C1 = C - lr * G ×_j U_j^T`` and
@@ -39,6 +41,10 @@ def vanilla_step(tucker: Any, grad: Any, lr: float) -> tuple[TuckerTensor, None]
         Euclidean gradient with respect to the full tensor, in the point's dtype.
     lr : float
         Step size ``h > 0`` (the learning rate of SGD on the factors).
+    state : None, optional
+        Accepted so that a loop reads the same for every step function
+        (``Y, state = step(Y, G, lr, state=state)``); this method keeps no optimizer
+        state, so it must be None.
 
     Returns
     -------
@@ -58,7 +64,9 @@ def vanilla_step(tucker: Any, grad: Any, lr: float) -> tuple[TuckerTensor, None]
         If ``tucker`` is malformed (core with fewer than 2 modes, not one factor per
         mode, ``factors[i].shape[1] != core.shape[i]``, NaN or Inf entries); if
         ``grad`` does not have the shape ``(n_1, ..., n_d)`` or holds NaN or Inf; if
-        ``lr`` is not finite and positive.
+        ``lr`` is not finite and positive; if ``state`` is not None (the method keeps
+        no optimizer state: use :func:`tdlrt_step` or :func:`parallel_bug_step` for
+        Momentum/Adam).
 
     References
     ----------
@@ -66,6 +74,7 @@ def vanilla_step(tucker: Any, grad: Any, lr: float) -> tuple[TuckerTensor, None]
        "Geometry-aware training of factorized layers in tensor Tucker format",
        NeurIPS 2024.
     """
+    refuse_state(state, "vanilla_step")
     core, factors = check_tucker(tucker, "tucker", orthonormal=False)
     lr = check_positive(lr, "lr")
     check_gradient(grad, core, factors, finite=False)
