@@ -235,6 +235,7 @@ def test_a_layer_split_across_parameter_groups_is_refused():
         TDLRT([{"params": [layer.core]}, {"params": list(layer.factors)}], lr=0.1)
 
 
+@pytest.mark.filterwarnings("ignore:TDLRT. none of the parameters belongs")
 def test_ordinary_parameters_get_plain_sgd_and_adam():
     torch.manual_seed(0)
     reference = nn.Linear(4, 3)
@@ -284,6 +285,7 @@ def test_a_deep_copied_model_trains_its_own_layers():
     assert not torch.allclose(clone.weight.detach(), before)
 
 
+@pytest.mark.filterwarnings("ignore:TDLRT. none of the parameters belongs")
 @pytest.mark.parametrize(
     "ours, torch_cls, theirs",
     [
@@ -331,6 +333,7 @@ def test_ordinary_parameters_take_torch_optims_multi_tensor_step(
     )
 
 
+@pytest.mark.filterwarnings("ignore:TDLRT. none of the parameters belongs")
 def test_an_older_adam_state_of_ordinary_parameters_still_loads():
     # before the foreach path the step counters were float64 tensors: such a
     # checkpoint resumes as torch.optim.Adam resumes it
@@ -367,6 +370,7 @@ def test_an_older_adam_state_of_ordinary_parameters_still_loads():
     assert float(a.state[next(model.parameters())]["step"]) == 6
 
 
+@pytest.mark.filterwarnings("ignore:TDLRT. none of the parameters belongs")
 def test_a_sparse_gradient_takes_plain_sgd():
     # nn.Embedding(sparse=True): the foreach path is told (has_sparse_grad)
     import copy
@@ -382,3 +386,31 @@ def test_a_sparse_gradient_takes_plain_sgd():
             net(torch.tensor([1, 2, 2])).sum().backward()
             optimizer.step()
     torch.testing.assert_close(ours.weight, mirror.weight, atol=0, rtol=0)
+
+
+def test_an_optimizer_built_before_conversion_says_so():
+    # new-user trial: TDLRT(model) then tuckerize(model) trained nothing, silently
+    from tuckerflow.nn import tuckerize
+    from tuckerflow.nn.models import LeNet5
+
+    model = LeNet5()
+    with pytest.warns(UserWarning, match="none of the parameters belongs to a Tucker"):
+        optimizer = TDLRT(model, lr=0.05)
+    tuckerize(model, rank=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    with pytest.warns(UserWarning, match="build it after converting") as record:
+        for _ in range(2):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    assert len([w for w in record if "build it after" in str(w.message)]) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # built after the conversion: no warning, and the model trains
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer = TDLRT(model, lr=0.05)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

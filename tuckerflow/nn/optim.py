@@ -626,6 +626,18 @@ class TDLRT(torch.optim.Optimizer):
             basis_update_every=basis_update_every,
         )
         super().__init__(params, defaults)
+        self._warned_no_gradient = False
+        if not any(
+            id(p) in self._owners for g in self.param_groups for p in g["params"]
+        ):
+            warnings.warn(
+                "TDLRT: none of the parameters belongs to a Tucker layer, so every "
+                "parameter takes plain SGD/Adam steps. Convert the model first "
+                "(tuckerize, add_tucker_adapters) and build the optimizer after it: "
+                "conversion installs new Parameter objects",
+                UserWarning,
+                stacklevel=2,
+            )
         if budget is not None:
             self._check_budget()
         self._distributed = (
@@ -976,6 +988,8 @@ class TDLRT(torch.optim.Optimizer):
         """
         stale = self._check_factors()
         plans = self._collect(stale)
+        if not stale and not any(layers or ordinary for _, layers, ordinary in plans):
+            self._warn_no_gradient()
         if self._distributed:
             self._average_tucker_gradients(plans)
         sums, names = self._finiteness_sums(loss, plans)
@@ -1026,6 +1040,20 @@ class TDLRT(torch.optim.Optimizer):
             for _, layer, _ in pending:
                 self._record_factors(layer)
         self._steps_taken += 1
+
+    def _warn_no_gradient(self) -> None:
+        """Once per optimizer: a step in which no parameter had a gradient."""
+        if self._warned_no_gradient:
+            return
+        self._warned_no_gradient = True
+        warnings.warn(
+            "TDLRT.step: none of the optimizer's parameters has a gradient, so "
+            "nothing was updated. If the model was converted (tuckerize, "
+            "add_tucker_adapters) after the optimizer was built, the optimizer holds "
+            "the replaced parameters: build it after converting",
+            UserWarning,
+            stacklevel=6,  # the caller of step() (past no_grad and the hooks)
+        )
 
     def _record_factors(self, layer: TuckerLayer) -> None:
         for factor in layer.factors:
