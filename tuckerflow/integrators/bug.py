@@ -181,7 +181,8 @@ def parallel_bug_step(
         Bounds for the new ranks (``max_rank`` defaults to the mode sizes).
     rank : int or sequence of int, optional
         Fixed rank after the step instead of a tolerance, at most
-        ``min(n_i, r_i + k_i)`` per mode as in :func:`tdlrt_step`.
+        ``min(n_i, r_i + k_i)`` per mode as in :func:`tdlrt_step` (an int is capped
+        at that per mode; a sequence entry above it raises).
     budget : int, optional
         Parameter budget ``prod(r) + sum(n_i r_i)`` for the new ranks.
     state : Momentum or Adam, optional

@@ -85,7 +85,9 @@ def tdlrt_step(
     rank : int or sequence of int, optional
         Fixed rank after the step instead of a tolerance (an "augmented BUG" step);
         at most ``min(n_i, r_i + k_i)`` per mode, ``k_i = min(r_i, prod_{j != i}
-        r_j)``, so one step can at most double a rank.
+        r_j)``, so one step can at most double a rank. An int is capped at that per
+        mode (``rank=3`` from rank 1 gives rank 2 in every mode); a sequence entry
+        above it raises.
     budget : int, optional
         Parameter budget ``prod(r) + sum(n_i r_i)`` (stored entries) for the new ranks.
     state : Momentum or Adam, optional

@@ -4,6 +4,7 @@ The only part of tuckerflow that imports torch. The mathematics lives in the cor
 (:mod:`tuckerflow`), called here with TensorLy's pytorch backend.
 """
 
+from . import models as models  # tuckerflow.nn.models.LeNet5, as api.rst lists
 from .adapters import add_tucker_adapters, merge_adapters, trainable_parameters
 from .attention import TuckerMultiheadAttention
 from .checkpoint import load_checkpoint, save_checkpoint
