@@ -396,3 +396,13 @@ def test_checkpoints_of_the_format_before_named_rules_still_load(options, fields
     _train(resumed, fresh, 4, 8)
     for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_a_state_instance_as_rule_is_refused_briefly():
+    # new-user trial: rule=tf.Adam.init(Y) printed every buffer of the state
+    layer = TuckerLinear(8, 6, dtype=torch.float64)
+    with tf.use_backend("pytorch"):
+        state = tf.Adam.init(layer.tucker())
+    with pytest.raises(TypeError, match="pass its class or its name") as error:
+        TDLRT(layer.parameters(), lr=0.1, rule=state)
+    assert len(str(error.value)) < 400

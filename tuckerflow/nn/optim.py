@@ -112,6 +112,12 @@ def _on_device(value: Any, device: torch.device) -> Any:
     return value
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _pack(state: Any) -> dict[str, Any]:
     """Core optimizer state -> plain dict of tensors and numbers (state_dict-safe)."""
     return state.pack()
@@ -261,7 +267,13 @@ def _rule_spec(value: Any) -> tuple[str, dict[str, Any]] | None:
         raise TypeError(
             "rule must be a registered rule's name, its OptimizerState class, or "
             "(name, hyper-parameters) as returned by e.g. "
-            f"tuckerflow.Adam.configure(betas=(0.9, 0.99)); got {value!r}"
+            f"tuckerflow.Adam.configure(betas=(0.9, 0.99)); got {_short(value)}"
+            + (
+                " (a state built for one point: pass its class or its name, the "
+                "optimizer builds one per layer)"
+                if isinstance(value, OptimizerState)
+                else ""
+            )
         )
     cls = rule_class(name)
     _, hyper = cls.configure(**hyper)  # unknown keywords: TypeError
