@@ -54,6 +54,8 @@ HEADERS = {
     "parameters_vs_lora": "params / LoRA's",
     "adapter_ranks": "adapter ranks",
     "seconds": "time (s)",
+    # conv adapters
+    "step_vs_lora": f"step {TIMES} LoRA r=4",
     # ill-conditioning (pivoted: one column per learning rate)
     "method": "method",
     # timing studies
@@ -520,6 +522,77 @@ def _transformer_summary(payload: dict) -> list[str]:
     return out
 
 
+# conv adapters ----------------------------------------------------------------------
+
+CONV_ADAPTER_COLUMNS = (
+    "variant",
+    "accuracy",
+    "trainable_parameters",
+    "adapter_parameters",
+    "adapter_ranks",
+    "median_step_ms",
+    "step_vs_lora",
+)
+
+
+def _conv_adapter_rows(payload: dict) -> list[dict]:
+    """The shown columns only (budget and seconds stay in the JSON)."""
+    out = []
+    for row in payload.get("rows", []):
+        row = {key: row.get(key) for key in CONV_ADAPTER_COLUMNS}
+        if not row["adapter_ranks"]:
+            row["adapter_ranks"] = ""
+        out.append(row)
+    return out
+
+
+def _conv_adapter_summary(payload: dict) -> list[str]:
+    rows = _by(payload["rows"], "variant")
+    lora, budget, tol = rows["lora-r4"], rows["tucker-budget"], rows["tucker-tol"]
+    lora8, head, full = rows["lora-r8"], rows["head"], rows["full"]
+
+    def acc(row: dict) -> str:
+        return f"{100 * row['accuracy']:.2f}%"
+
+    def params(row: dict) -> str:
+        return f"{row['trainable_parameters']:,}"
+
+    out = [
+        f"**Claim.** At LoRA r=4's adapter size, the budgeted Tucker conv adapters "
+        f"reach {acc(budget)} test accuracy with {params(budget)} trainable "
+        f"parameters, against LoRA r=4's {acc(lora)} with {params(lora)}; at the "
+        f"tolerance, {acc(tol)} with {params(tol)} against LoRA r=8's {acc(lora8)} "
+        f"with {params(lora8)}. The head alone reaches {acc(head)}, full "
+        f"fine-tuning {acc(full)} with {params(full)}."
+    ]
+    lose = []
+    behind = [
+        f"``{ours['variant']}`` trails ``{ref['variant']}`` by "
+        f"{100 * (ref['accuracy'] - ours['accuracy']):.2f} points"
+        for ours, ref in ((budget, lora), (tol, lora8))
+        if ours["accuracy"] < ref["accuracy"]
+    ]
+    if behind:
+        lose.append("; ".join(behind) + ".")
+    slow = [
+        f"``{row['variant']}`` {row['step_vs_lora']:.2f}{TIMES}"
+        for row in (budget, tol)
+        if row["step_vs_lora"] > 1
+    ]
+    if slow:
+        lose.append(
+            "A training step costs " + ", ".join(slow) + " LoRA r=4's on this CPU."
+        )
+    subsample = " (a subsample)" if payload.get("train_subsampled") else ""
+    lose.append(
+        f"One seed and one epoch on {payload['train_size']:,} training "
+        f"images{subsample}: one of the {payload['test_size']:,} test images is "
+        f"{100 / payload['test_size']:.2f} points."
+    )
+    out.append("**Where we lose.** " + " ".join(lose))
+    return out
+
+
 # ill-conditioning ---------------------------------------------------------------------
 
 
@@ -968,6 +1041,23 @@ STUDIES: dict[str, Study] = {
             "adapter_ranks",
             "seconds",
         ),
+    ),
+    "conv_adapters": Study(
+        "Conv adapters on a pretrained CNN",
+        "The pretrained ccexam MNIST CNN transferred to Fashion-MNIST with a fresh "
+        "head: Tucker conv adapters, which keep the kernel's tensor structure and "
+        "adapt their ranks under TDLRT (by tolerance or under a parameter budget "
+        "equal to LoRA's), against PEFT LoRA on the flattened convs, training the "
+        "head alone, and full fine-tuning.",
+        "benchmarks/conv_adapters.py",
+        _conv_adapter_summary,
+        _conv_adapter_rows,
+        "Test accuracy against trainable parameters (adapters and head, log "
+        "scale): the Pareto view of the variants.",
+        CONV_ADAPTER_COLUMNS,
+        "Trainable parameters count the adapters (Tucker: at their ranks after "
+        "training) and the head; the step is the median wall time of a training "
+        "step on this CPU.",
     ),
     "ill_conditioning": Study(
         "Ill-conditioned cores",

@@ -231,6 +231,36 @@ def test_transformer_study_quick(tmp_path):
     assert by_variant["tucker"]["adapter_ranks"]
 
 
+def test_conv_adapters_quick(tmp_path):
+    _run("conv_adapters.py", tmp_path)
+    payload = json.loads((tmp_path / "conv_adapters_quick.json").read_text())
+    by_variant = {r["variant"]: r for r in payload["rows"]}
+    assert list(by_variant) == [
+        "head",
+        "lora-r2",
+        "lora-r4",
+        "lora-r8",
+        "tucker-tol",
+        "tucker-budget",
+        "full",
+    ]
+    assert payload["train_subsampled"]
+    head = by_variant["head"]["trainable_parameters"]
+    assert head == 128 * 10 + 10
+    lora = by_variant["lora-r4"]
+    # A: k x k conv to r channels, B: 1 x 1 conv (no biases); the Linear: r (in + out)
+    assert lora["adapter_parameters"] == 4 * (9 + 32 + 32 * 9 + 64 + 3136 + 128)
+    assert lora["step_vs_lora"] == 1.0
+    budgeted = by_variant["tucker-budget"]
+    assert budgeted["adapter_budget"] == lora["adapter_parameters"]
+    assert 0 < budgeted["adapter_parameters"] <= budgeted["adapter_budget"]
+    assert by_variant["tucker-tol"]["adapter_ranks"]
+    assert by_variant["full"]["trainable_parameters"] > 400_000
+    for row in payload["rows"]:
+        assert 0 <= row["accuracy"] <= 1 and row["median_step_ms"] > 0
+    assert (tmp_path / "conv_adapters_quick.png").exists()
+
+
 def test_peers_quick(tmp_path):
     """The peer comparison runs (peers absent from the environment are recorded as
     not installed); tuckerflow's default search reaches the target on the small
