@@ -224,7 +224,7 @@ def main() -> None:
     import torch
     from _common import save, table
 
-    from tuckerflow.datasets import load_fashion_mnist
+    from tuckerflow.datasets import MissingDataError, load_fashion_mnist
     from tuckerflow.nn.models import MNIST_MEAN, MNIST_STD
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -240,7 +240,10 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     if args.train is None and args.quick:
         args.train = 384
-    data = load_fashion_mnist()
+    try:
+        data = load_fashion_mnist()
+    except MissingDataError as error:  # the install command, not a traceback
+        raise SystemExit(f"conv_adapters.py: {error}") from None
     x_train, y_train = (torch.from_numpy(a) for a in data["train"])
     x_test, y_test = (torch.from_numpy(a) for a in data["test"])
     full_train = len(x_train)

