@@ -36,6 +36,8 @@ import os
 import statistics
 import time
 
+from transformer_adapters import adapter_parameters, trainable
+
 TARGETS = ("features.0", "features.3", "classifier.0")
 HEAD = "classifier.2"
 VARIANTS = (
@@ -112,36 +114,6 @@ def build(variant: str, seed: int):
         [p for p in model.parameters() if p.requires_grad], lr=1e-3, adam=True, **rule
     )
     return model, optimizer, rule
-
-
-def adapter_parameters(model) -> int:
-    """Parameters of the adapters alone (LoRA's A and B; the Tucker dW factors)."""
-    from tuckerflow.nn import TuckerLayer
-
-    return sum(
-        m.parameter_count() for m in model.modules() if isinstance(m, TuckerLayer)
-    ) + sum(
-        p.numel()
-        for name, p in model.named_parameters()
-        if p.requires_grad and "lora_" in name
-    )
-
-
-def trainable(model) -> int:
-    """Adapter parameters (Tucker: current ranks) plus every other trainable one."""
-    from tuckerflow.nn import TuckerLayer
-
-    total = sum(
-        m.parameter_count() for m in model.modules() if isinstance(m, TuckerLayer)
-    )
-    return total + sum(
-        p.numel()
-        for name, p in model.named_parameters()
-        if p.requires_grad
-        and "core" not in name
-        and "factors" not in name
-        and "weight_delta" not in name  # TDLRT's zero dL/dW carrier, one element
-    )
 
 
 def run(variant: str, data, args) -> dict:
