@@ -405,8 +405,8 @@ def plot(rows: list[dict], args, path: pathlib.Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for family, label, marker in (
-        ("lora-r", "PEFT LoRA r = 2, 4, 8, 16", "o"),
-        ("tucker-budget", "Tucker + TDLRT, budget 25-100% of LoRA r = 8", "^"),
+        ("lora-r", "PEFT LoRA (labels: rank r)", "o"),
+        ("tucker-budget", "Tucker + TDLRT, budget (labels: % of LoRA r8)", "^"),
         ("tucker", "Tucker + TDLRT, tol 0.1", "s"),
     ):
         curve = sorted(

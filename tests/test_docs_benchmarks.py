@@ -176,3 +176,61 @@ def test_framing_text_holds_no_numbers():
     for stem, study in gb.STUDIES.items():
         for text in (study.title, study.framing, study.caption, study.legend):
             assert not re.search(r"\d", allowed.sub("", text)), (stem, text)
+
+
+def _pareto_payload(budget50_accuracy: float) -> dict:
+    """A three-seed transformer Pareto result (the shape the script writes)."""
+    per_rank = 6 * (4 * 768 + 2 * 1920)
+
+    def row(variant, size, accuracy, step):
+        return {
+            "variant": variant,
+            "seeds": 3,
+            "accuracy_mean": accuracy,
+            "accuracy_std": 0.5,
+            "adapter_parameters": size,
+            "adapters_vs_lora8": size / (8 * per_rank),
+            "trainable_parameters": size + 1925,
+            "step_vs_lora8": step,
+            "seconds": 100.0,
+            "adapter_ranks": {},
+        }
+
+    rows = [row(f"lora-r{r}", r * per_rank, 90.0 + r / 4, 1.0) for r in (2, 4, 8, 16)]
+    rows += [
+        row(f"tucker-budget{p}", round(p / 100 * 8 * per_rank) - 9, acc, 1.3)
+        for p, acc in ((25, 89.0), (50, budget50_accuracy), (70, 92.0), (100, 93.0))
+    ]
+    return {"epochs": 1, "tokens": 64, "test_size": 448, "rows": rows}
+
+
+@pytest.mark.parametrize(
+    ("budget50", "verdict"),
+    [
+        (92.5, "Goal reached: ``tucker-budget50`` (92.50 ± 0.50% with 50%"),
+        (
+            91.5,
+            "Goal not reached: the best Tucker variant at 50% or less, "
+            "``tucker-budget50``",
+        ),
+    ],
+)
+def test_transformer_summary_states_the_goal_plainly(budget50, verdict):
+    claim, at_sizes, lose = gb._transformer_summary(_pareto_payload(budget50))
+    assert verdict in claim and "LoRA r=8's 92.00 ± 0.50% (3 seeds)" in claim
+    if budget50 < 92:  # 0.5 points apart, the two std combined are 0.71
+        assert "within the spread of the seeds" in claim and "0.71 points" in claim
+    assert "``tucker-budget25`` 89.00 ± 0.50% against ``lora-r2`` 90.50" in at_sizes
+    assert "``tucker-budget25`` trails ``lora-r2`` by 1.50 points" in lose
+    assert f"1.30{gb.TIMES} (``tucker-budget25``)" in lose
+    ((headers, rows),) = list_tables(
+        gb.render("transformer_adapters", _pareto_payload(budget50), None)[0]
+    )
+    assert [r[0] for r in rows][:5] == [
+        "lora-r2",
+        "lora-r4",
+        "lora-r8",
+        "lora-r16",
+        "tucker-budget25",
+    ]
+    assert f"step {gb.TIMES} LoRA r=8" in headers
