@@ -28,15 +28,17 @@ Protocol sizing. Two epochs at batch 16 on all 1,777 training articles, the firs
 tokens of each (title and lead), evaluated on the 448 test articles. The earlier
 protocol (3 epochs, 128 tokens, one seed) took about 19 minutes per run on this 2-core
 CPU; the 24 runs of the study must fit in about an hour of core time. Measured with one
-thread (probes on seed 0): a training step at 64 tokens takes 0.67 s with LoRA r = 8
-and 0.85 s with budgeted Tucker adapters on an idle core, and about half of that at 32
-tokens (1.04 s and 1.47 s against 2.0 s and 1.9 s at 64 tokens, on a machine loaded by
-other jobs). One epoch is not enough to compare: after one epoch at 64 tokens LoRA
-r = 8 reached 96.9% and ``tucker-budget25`` 56.9% (the Tucker adapters start slowly;
-the earlier 3-epoch runs caught up in the second epoch), while at 32 tokens two epochs
-gave 97.8% and 92.2%: neither saturated, and the Tucker adapters mostly past their
-slow start. Two epochs at 32 tokens cost about what one at 64 does: about 1.5-2.5
-core-minutes a run on idle cores (256 s and 303 s in the probes on the loaded machine).
+thread (10-step probes, seed 0): a training step takes 0.67 s with LoRA r = 8 and 0.85 s
+with ``tucker-budget70`` at 64 tokens, 0.33 s and 0.57 s (``tucker-budget25``) at 32
+tokens (the TDLRT update does not shrink with the tokens); evaluation takes about 0.01 s
+an article. One epoch is not enough to compare: after one epoch at 64 tokens LoRA r = 8
+reached 96.9% and ``tucker-budget25`` 56.9% (the Tucker adapters start slowly; the
+earlier 3-epoch runs caught up in the second epoch), while at 32 tokens two epochs gave
+97.8% and 92.2%: neither saturated, and the Tucker adapters mostly past their slow
+start. A run of two epochs at 32 tokens (224 steps, two evaluations, loading) then takes
+about 1.6 minutes with LoRA and 2.5 with Tucker adapters, the study about 50-60
+core-minutes with two runs at a time; full runs on the loaded machine (load 4-6 on 2
+cores) took 256 s (LoRA r = 8) and 303 s (``tucker-budget25``).
 
 Reported per variant: mean and standard deviation over the seeds of the test accuracy
 after the last epoch, adapter parameters (Tucker: after training, since the ranks
@@ -531,11 +533,11 @@ def main() -> None:
             ),
             "sizing": (
                 "default protocol 2 epochs, 32 tokens, batch 16, all 1,777 training "
-                "articles: about 1.5-2.5 core-minutes a run on an idle core (3 epochs "
-                "at 128 tokens took about 19 minutes on 2 threads); one epoch left "
-                "the Tucker adapters in their slow start (56.9% against LoRA r=8's "
-                "96.9% at 64 tokens), two at 32 tokens gave 92.2% and 97.8% (see the "
-                "script's docstring)"
+                "articles: about 1.6 core-minutes a LoRA run and 2.5 a Tucker run on "
+                "an idle core (steps of 0.33 s and 0.57 s; 3 epochs at 128 tokens took "
+                "about 19 minutes on 2 threads); one epoch left the Tucker adapters in "
+                "their slow start (56.9% against LoRA r=8's 96.9% at 64 tokens), two "
+                "at 32 tokens gave 92.2% and 97.8% (see the script's docstring)"
             ),
             "optimizers": {
                 "lora": "AdamW lr 5e-4, lora_alpha = 2r",
