@@ -85,7 +85,8 @@ def build(variant: str, seed: int, runs: pathlib.Path, steps: int):
         if variant == "snip":
             images, labels = (torch.from_numpy(a) for a in load_data()["train"])
             generator = torch.Generator().manual_seed(seed)
-            pool = min(len(labels), steps * STUDY.batch)  # the images trained on
+            # the images trained on (with --limit: those of a one-epoch run)
+            pool = min(len(labels), steps * STUDY.batch)
             index = torch.randperm(pool, generator=generator)[: STUDY.batch]
             model = snip(model, list(LAYERS), images[index], labels[index], keep)
             return model, torch.optim.SGD(model.parameters(), **SGD)

@@ -346,9 +346,11 @@ def _baselines_summary(payload: dict) -> list[str]:
             "**Against every baseline family** (compression of all weights in "
             "brackets): " + ", ".join(parts) + "."
         )
+    gap = full["accuracy_mean"] - best["accuracy_mean"]
     lose = [
-        f"The dense network stays {full['accuracy_mean'] - best['accuracy_mean']:.2f}"
-        " points ahead."
+        f"The dense network stays {gap:.2f} points ahead."
+        if gap > 0
+        else f"The dense network trails here, by {-gap:.2f} points."
     ]
     ahead = [r for r in others if r["accuracy_mean"] > best["accuracy_mean"]]
     if ahead:
