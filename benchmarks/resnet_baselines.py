@@ -5,17 +5,20 @@ norm and Linear(64, 10); 268,048 weights, 267,408 of them in the convolutions) o
 1 x 28 x 28 Fashion-MNIST (Debian package ``dataset-fashion-mnist``), trained from
 scratch with the protocol of studies 1 and 2b (SGD momentum 0.9, lr 0.05, batch 128,
 final-epoch test accuracy), 3 seeds and ONE epoch (469 steps): the issue asked for
-about 4 hours of training; this session had about 90 core-minutes for 11 variants x 3
-seeds, and one dense step costs about 0.28 s on one thread (an epoch about 2.5 min),
-so the accuracies are those of short training, the same for every family. Every
+about 4 hours of training, but the study had to fit in about 90 core-minutes for 11
+variants x 3 seeds, and a step costs 0.2-0.5 s on one thread (a dense epoch about
+2 min, a compressed one up to 4), so the accuracies are those of short training, the
+same for every family (the 33 runs measured about 100 core-minutes on a shared
+two-core machine). Every
 convolution and the classifier are compressed to about 10% of their weights, at equal
 parameter counts. Variants, in the order they run:
 
 * ``full``: the dense network;
 * ``tdlrt-budget``: TDLRT from the random half-rank start with a global budget
   shrinking linearly to 10% of the weights (26,805) over the first half of the steps;
-* ``tdlrt-tol0.3``: TDLRT from the same start with tolerance 0.3 (its compression is
-  measured, not set);
+* ``tdlrt-tol0.25``: TDLRT from the same start with tolerance 0.25 (its compression
+  is measured, not set; in one-epoch probes on seed 0, tol 0.2 / 0.25 / 0.3 / 0.4
+  ended at 81.7% / 90.0% / 94.2% / 97.9% compression);
 * ``vanilla``, ``rgd``: our Tucker layers at the ranks ``tdlrt-budget`` ended with
   for the same seed, trained by factor SGD (``TDLRT(method="vanilla")``) or by
   Riemannian gradient descent with the HOSVD retraction (``tuckerflow.rgd_step``,
@@ -23,7 +26,7 @@ parameter counts. Variants, in the order they run:
 * ``tltorch-tucker``, ``tltorch-cp``, ``tltorch-tt``: TensorLy-Torch 0.5
   ``FactorizedConv`` (factorized forward; Tucker at the same ranks, CP and TT at the
   largest rank within each layer's weight count of that run), the classifier as a
-  low-rank matrix, plain SGD;
+  low-rank matrix, SGD with the settings above;
 * ``matrix``: low-rank matrices of the flattened kernels, same per-layer counts;
 * ``prune-magnitude``: global L1 magnitude pruning in 10 rounds over the first half
   of the steps (Zhu-Gupta cubic schedule) down to 26,805 weights, then fine-tuning
@@ -54,7 +57,7 @@ LAYERS["classifier"] = (10, 64)
 CONV_LAYERS = tuple(name for name in LAYERS if name != "classifier")
 KEEP = 0.10  # fraction of the weights every compressed variant keeps
 REFERENCE = "tdlrt-budget"  # the run whose final ranks and counts the baselines match
-TOL = 0.3
+TOL = 0.25
 SGD = {"lr": 0.05, "momentum": 0.9}
 RGD_LR = 0.5
 
