@@ -36,6 +36,9 @@ class Study:
     epochs: int = 10
     batch: int = 128
     quick_variants: tuple[str, ...] = ()
+    # build also gets the run's optimizer steps (``steps=...``, for schedules that
+    # must end within the run whatever ``--epochs`` and ``--limit`` are)
+    build_takes_steps: bool = False
 
     @property
     def all_weights(self) -> int:
@@ -47,15 +50,22 @@ class Study:
 
 
 def run_one(study: Study, variant: str, seed: int, epochs: int, limit, runs) -> None:
+    import math
+
     import torch
     from _train import train
 
     torch.set_num_threads(1)
-    model, optimizer = study.build(variant, seed, runs)
+    data = study.load_data()
+    extra = {}
+    if study.build_takes_steps:
+        images = min(len(data["train"][1]), limit or math.inf)
+        extra["steps"] = epochs * math.ceil(images / study.batch)
+    model, optimizer = study.build(variant, seed, runs, **extra)
     history = train(
         model,
         optimizer,
-        study.load_data(),
+        data,
         epochs=epochs,
         batch=study.batch,
         seed=seed,

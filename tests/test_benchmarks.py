@@ -3,7 +3,9 @@ scripts cannot rot. (Their numbers are measurements, not assertions.)"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -332,3 +334,101 @@ def test_vanilla_equivalent_learning_rates_of_the_pretrained_study():
     assert groups[-1]["lr"] == 0.01
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
+
+
+def _matched(family, shape, count, target):
+    """Whether ``count`` is a layer of ``family`` at an integer rank ``r`` with
+    ``count <= target < count(r + 1)``: the largest that fits (the baselines' rule)."""
+    out, cin = shape[0], shape[1]
+    if len(shape) == 2 or family == "matrix":  # U V^T of out x (in k k)
+        unit = out + math.prod(shape[1:])
+        return count % unit == 0 and count <= target < count + unit
+    k = shape[2]
+    if family == "cp":  # r (1 + sum n_i): the weights vector and one column per mode
+        unit = 1 + sum(shape)
+        return count % unit == 0 and count <= target < count + unit
+    # tt, one rank r between all four cores: in r + 2 k r^2 + r out
+    r = next(r for r in range(1, 200) if (cin + out) * r + 2 * k * r * r >= count)
+    step = (cin + out) + 2 * k * (2 * r + 1)
+    return (cin + out) * r + 2 * k * r * r == count <= target < count + step
+
+
+def test_resnet_baselines_quick(tmp_path):
+    """Every family ran at the reference run's size: Tucker ranks copied exactly,
+    the other families at the largest rank within each layer's count, the pruned
+    networks at 10% of the weights (mask nonzeros, weight_orig not counted twice);
+    and the Benchmarks page renders the result."""
+    env = _fashion_env("synthetic", tmp_path / "data")
+    env["PYTHONPATH"] = str(ROOT)
+    _run("resnet_baselines.py", tmp_path, env=env)
+    payload = json.loads((tmp_path / "resnet_baselines_quick.json").read_text())
+    rows = {r["variant"]: r for r in payload["rows"]}
+    assert list(rows) == [
+        "full",
+        "tdlrt-budget",
+        "prune-magnitude",
+        "snip",
+        "vanilla",
+        "rgd",
+        "tltorch-tucker",
+        "tltorch-cp",
+        "tltorch-tt",
+        "matrix",
+    ]
+    total, keep = 268_048, round(0.1 * 268_048)
+    assert rows["full"]["weights_mean"] == total
+    assert 0.9 * keep <= rows["tdlrt-budget"]["weights_mean"] <= keep  # budget held
+    for pruned in ("prune-magnitude", "snip"):
+        assert rows[pruned]["weights_mean"] == keep
+        assert 0.89 < rows[pruned]["compression_conv"] < 0.91
+    runs = tmp_path / "resnet_quick"
+    history = json.loads((runs / "tdlrt-budget-seed0.json").read_text())
+    reference = history["layer_weights"]
+    shapes = _resnet_shapes()
+    assert (
+        set(reference) == set(shapes)
+        and sum(reference.values()) == (rows["tdlrt-budget"]["weights_mean"])
+    )
+    for variant, family in [
+        ("vanilla", "tucker"),
+        ("rgd", "tucker"),
+        ("tltorch-tucker", "tucker"),
+        ("tltorch-cp", "cp"),
+        ("tltorch-tt", "tt"),
+        ("matrix", "matrix"),
+    ]:
+        counts = json.loads((runs / f"{variant}-seed0.json").read_text())
+        counts = counts["layer_weights"]
+        for name, shape in shapes.items():
+            if family == "tucker" and (len(shape) == 4 or variant != "tltorch-tucker"):
+                assert counts[name] == reference[name], (variant, name)
+            else:  # tltorch-tucker's classifier is a low-rank matrix
+                family_here = "matrix" if len(shape) == 2 else family
+                assert _matched(family_here, shape, counts[name], reference[name]), (
+                    variant,
+                    name,
+                    counts[name],
+                    reference[name],
+                )
+        assert rows[variant]["weights_mean"] == sum(counts.values())
+    assert (tmp_path / "resnet_baselines_quick.png").exists()
+    spec = importlib.util.spec_from_file_location(
+        "generate_benchmarks", ROOT / "docs" / "generate_benchmarks.py"
+    )
+    pages = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pages
+    spec.loader.exec_module(pages)
+    text, problems = pages.render("resnet_baselines", payload)
+    assert problems == [] and "**Claim" in text and "Where we lose" in text
+    assert "``tltorch-tt``" in text and "``snip``" in text
+
+
+def _resnet_shapes():
+    shapes = {"conv": (16, 1, 3, 3)}
+    for stage, (out, cin) in enumerate(((16, 16), (32, 16), (64, 32))):
+        for block in range(3):
+            first = cin if block == 0 else out
+            shapes[f"layers.{3 * stage + block}.conv1"] = (out, first, 3, 3)
+            shapes[f"layers.{3 * stage + block}.conv2"] = (out, out, 3, 3)
+    shapes["classifier"] = (10, 64)
+    return shapes
