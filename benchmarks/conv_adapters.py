@@ -416,13 +416,12 @@ def main() -> None:
         x_train, y_train = x_train[split[held:]], y_train[split[held:]]
     data = ((x_train, y_train), (x_test, y_test), validation)
     runs = []
+    grids = {f: g[:2] if args.quick else g for f, g in GRIDS.items()}
+    seeds = SEEDS[:2] if args.quick else SEEDS
     if args.sweep:
         rows = []
         for variant in args.variants:
-            grid = GRIDS[family(variant)]
-            seeds = SEEDS
-            if args.quick:
-                grid, seeds = grid[:2], seeds[:2]
+            grid = grids[family(variant)]
             variant_runs, row = sweep(setup, variant, data, grid, seeds)
             runs += variant_runs
             rows.append(row)
@@ -476,8 +475,8 @@ def main() -> None:
     if args.sweep:
         payload |= {
             "validation_size": len(validation[0]),
-            "grids": {f: list(GRIDS[f]) for f in GRIDS},
-            "seeds": list(SEEDS[:2] if args.quick else SEEDS),
+            "grids": {f: list(g) for f, g in grids.items()},
+            "seeds": list(seeds),
             "selection": "best validation accuracy of seed 0",
             "runs": runs,
         }

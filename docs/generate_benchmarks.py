@@ -731,11 +731,16 @@ def _conv_adapter_sweep(payload: dict) -> tuple[str, list[str]]:
         parts.append(f"``{row['variant']}`` {' / '.join(cells)}")
         if row["lr"] in (grid[0], grid[-1]) and len(grid) > 1:
             edges.append(f"``{row['variant']}`` ({row['lr']:g})")
-    lrs = sorted({tuple(grid) for grid in grids.values()})
-    grid_text = " and ".join(", ".join(f"{lr:g}" for lr in g) for g in lrs)
+    families: dict[tuple, list[str]] = {}
+    for name, grid in grids.items():
+        families.setdefault(tuple(grid), []).append(name)
+    grid_text = "; ".join(
+        f"{', '.join(names)}: {', '.join(f'{lr:g}' for lr in grid)}"
+        for grid, names in families.items()
+    )
     sentence = (
         f"**Learning rates.** Each variant swept lr over its family's grid "
-        f"({grid_text}; full fine-tuning the lower one) with seed {seeds[0]}, "
+        f"({grid_text}) with seed {seeds[0]}, "
         f"selected on {payload['validation_size']:,} held-out training images, "
         f"then {len(seeds)} seeds at the best lr. Validation accuracy % per lr, the "
         f"chosen one in bold: " + "; ".join(parts) + "."

