@@ -19,11 +19,17 @@ trains in every variant:
   divide the rank (``groups`` = channels here), and our adapters would fit them
   (``TuckerConv2d`` takes ``groups``) but the comparison needs one target set.
   Batch 64, one epoch on a seeded subset of 25,600 training images (400 steps), the
-  first 5,000 test images. Sizing: at one thread a step (forward, backward, update,
-  batch 64 at 64 x 64) took about 130 ms for the head alone, 340 ms for full
-  fine-tuning, 370 ms for LoRA r = 4 and 380 ms for the Tucker adapters; seven
-  variants at 400 steps are about 15 core-minutes, the evaluation (about 2 ms an
-  image) another 1-2, which keeps the study under 25 core-minutes on a shared CPU.
+  first 5,000 test images. Sizing: at one thread on an idle core a step (forward,
+  backward, update, batch 64 at 64 x 64) took about 130 ms for the head alone,
+  340 ms for full fine-tuning, 370 ms for LoRA r = 4 and 380 ms for the Tucker
+  adapters at their initial ranks (on the shared machine, 1.1-1.3 times LoRA's once
+  their ranks grow); seven variants at 400 steps are about 17 core-minutes, the
+  evaluation (2-4 ms an image) 1-2 more: about 19 core-minutes, at most about 25 on
+  a busy machine. The whole network is adapted (it fits; adapting only the last
+  blocks was not needed).
+
+Run the full studies with ``--threads 1`` on a shared CPU: two threads on two busy
+cores stalled a quick run twenty-fold.
 
 Variants, one epoch each:
 
@@ -49,6 +55,9 @@ lower, 1e-4 to 3e-3, since Adam on every weight wants smaller steps), the lr wit
 best validation accuracy is kept and seeds 1 and 2 are trained at it; ``rows`` holds
 the mean and standard deviation of the test accuracy over the three seeds, ``runs``
 every run. Seeds change the head and adapter initialisation and the batch order.
+Cost: 42 one-epoch runs on 55,000 images; at one thread a ccexam step is 30-90 ms
+(head 30, full 70, LoRA and Tucker 85-95 on the shared machine), about 20
+core-minutes in all.
 
 Reported per variant: test accuracy, trainable parameters (adapter + head; for the
 Tucker adapters the count after training, since their ranks adapt), the median wall
