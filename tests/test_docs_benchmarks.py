@@ -234,3 +234,35 @@ def test_transformer_summary_states_the_goal_plainly(budget50, verdict):
         "tucker-budget25",
     ]
     assert f"step {gb.TIMES} LoRA r=8" in headers
+
+
+def test_conv_adapter_sweep_shows_mean_and_std_at_the_best_lr():
+    # the committed single-run file turned into a sweep: two lrs per variant
+    payload = json.loads((RESULTS / "conv_adapters.json").read_text())
+    runs, rows = [], []
+    for row in payload["rows"]:
+        for lr, shift in ((1e-3, 0.0), (3e-3, 0.01)):
+            runs.append(
+                {**row, "lr": lr, "seed": 0, "validation_accuracy": 0.5 + shift}
+            )
+        rows.append(
+            {**row, "lr": 3e-3, "seeds": 3, "accuracy_mean": 100 * row["accuracy"]}
+        )
+        rows[-1]["accuracy_std"] = 0.25
+        del rows[-1]["accuracy"]
+    payload |= {
+        "rows": rows,
+        "runs": runs,
+        "seeds": [0, 1, 2],
+        "validation_size": 5000,
+        "grids": {f: [1e-3, 3e-3] for f in ("head", "lora", "tucker", "full")},
+    }
+    text, problems = gb.render("conv_adapters", payload)
+    assert problems == []
+    ((headers, cells),) = list_tables(text)
+    column = headers.index("acc. % (mean ± std)")
+    lora = next(r for r in payload["rows"] if r["variant"] == "lora-r4")
+    cell = next(r[column] for r in cells if r[0] == "lora-r4")
+    assert cell == f"{lora['accuracy_mean']:.2f} ± 0.25"
+    assert "``lora-r4`` 50.0 / **51.0**" in text  # the sweep, chosen lr in bold
+    assert "at an end of the grid" in text and "3 seeds and one epoch" in text
