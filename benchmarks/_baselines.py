@@ -230,7 +230,8 @@ class RiemannianSGD:
     ):
         from tuckerflow.nn import TuckerLayer
 
-        self.model, self.lr = model, lr
+        self.model = model
+        self.riemannian = {"lr": lr}  # the Riemannian step's group (schedules set it)
         self.layers = [m for m in model.modules() if isinstance(m, TuckerLayer)]
         tucker = set()
         for layer in self.layers:
@@ -238,6 +239,11 @@ class RiemannianSGD:
             tucker.update(id(p) for p in layer.tucker_parameters())
         ordinary = [p for p in model.parameters() if id(p) not in tucker]
         self.ordinary = torch.optim.SGD(ordinary, lr=ordinary_lr, momentum=momentum)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """The ordinary groups and the Riemannian step's ``{"lr": ...}``."""
+        return [*self.ordinary.param_groups, self.riemannian]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.model.zero_grad(set_to_none=set_to_none)
@@ -251,7 +257,10 @@ class RiemannianSGD:
                 grad = layer.weight_gradient()
                 if grad is not None:
                     point, _ = tf.rgd_step(
-                        layer.tucker(), grad, self.lr, rank=layer.rank
+                        layer.tucker(),
+                        grad,
+                        self.riemannian["lr"],
+                        rank=layer.rank,
                     )
                     layer.set_tucker(point)
 
@@ -361,6 +370,10 @@ class MagnitudePruning:
             for i in range(1, rounds + 1)
         ]
         self.steps_taken = 0
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)

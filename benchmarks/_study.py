@@ -39,6 +39,7 @@ class Study:
     # build also gets the run's optimizer steps (``steps=...``, for schedules that
     # must end within the run whatever ``--epochs`` and ``--limit`` are)
     build_takes_steps: bool = False
+    cosine: bool = False  # per-step cosine decay of the learning rates (_train.train)
 
     @property
     def all_weights(self) -> int:
@@ -70,6 +71,7 @@ def run_one(study: Study, variant: str, seed: int, epochs: int, limit, runs) -> 
         batch=study.batch,
         seed=seed,
         limit=limit,
+        cosine=study.cosine,
     )
     history.update({"variant": variant, "seed": seed, "epochs_run": epochs})
     history["layer_weights"] = layer_weight_counts(model, study.layers)

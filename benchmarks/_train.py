@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -43,10 +44,17 @@ def train(
     seed: int,
     scheduler: Any = None,
     limit: int | None = None,
+    cosine: bool = False,
     progress: bool = False,
     label: str = "",
 ) -> dict[str, Any]:
-    """Train with cross-entropy; record test accuracy, ranks and sizes every epoch."""
+    """Train with cross-entropy; record test accuracy, ranks and sizes every epoch.
+
+    ``cosine``: every learning rate of ``optimizer.param_groups`` decays from its
+    value at the start to 0 along a half cosine over all the run's steps, set before
+    each step (Loshchilov and Hutter, "SGDR", ICLR 2017, without restarts); the
+    final iterate then does not carry a large step's noise (short runs).
+    """
     images, labels = (torch.from_numpy(a) for a in data["train"])
     test_images, test_labels = (torch.from_numpy(a) for a in data["test"])
     if limit:
@@ -63,12 +71,22 @@ def train(
             bar = None
     history: dict[str, Any] = {"epochs": []}
     step_times = []
+    total = epochs * ((len(images) + batch - 1) // batch)
+    if cosine:
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    taken = 0
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(images), generator=generator)
         started = time.perf_counter()
         for start in range(0, len(images), batch):
             index = order[start : start + batch]
             tick = time.perf_counter()
+            if cosine:
+                factor = 0.5 * (1 + math.cos(math.pi * taken / total))
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+            taken += 1
             optimizer.zero_grad()
             loss = F.cross_entropy(model(images[index]), labels[index])
             loss.backward()

@@ -521,3 +521,50 @@ def _resnet_shapes():
             shapes[f"layers.{3 * stage + block}.conv2"] = (out, out, 3, 3)
     shapes["classifier"] = (10, 64)
     return shapes
+
+
+def test_cosine_schedule_of_the_training_loop_reaches_every_group():
+    # _train.train(cosine=True) sets each group's lr to lr0 (1 + cos(pi t / T)) / 2
+    # before step t (t = 0 .. T-1), wrappers included: the pruning wrapper's inner
+    # SGD and the Riemannian step of RiemannianSGD decay like a plain optimizer
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _baselines import MagnitudePruning, RiemannianSGD
+    from _train import train
+
+    from tuckerflow.nn import TuckerLinear
+
+    rng = np.random.default_rng(0)
+    data = {
+        split: (rng.standard_normal((n, 12)).astype("float32"), rng.integers(0, 3, n))
+        for split, n in (("train", 50), ("test", 10))
+    }
+    seen = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append([group["lr"] for group in self.param_groups])
+            return super().step(closure)
+
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(12, 3)
+    recorder = Recorder(plain.parameters(), lr=0.2)
+    train(plain, recorder, data, epochs=2, batch=20, seed=0, cosine=True)
+    total = 2 * 3  # 2 epochs of ceil(50 / 20) steps
+    expected = [0.1 * (1 + np.cos(np.pi * t / total)) for t in range(total)]
+    assert np.allclose([lrs[0] for lrs in seen], expected)
+
+    pruned = torch.nn.Linear(12, 3)
+    wrapper = MagnitudePruning(
+        torch.optim.SGD(pruned.parameters(), lr=0.2), [pruned], keep=6, steps=3
+    )
+    train(pruned, wrapper, data, epochs=2, batch=20, seed=0, cosine=True)
+    assert wrapper.param_groups[0]["lr"] == pytest.approx(expected[-1])
+
+    model = torch.nn.Sequential(TuckerLinear(12, 3, rank=2))
+    riemannian = RiemannianSGD(model, lr=0.5, ordinary_lr=0.2, momentum=0.0)
+    train(model, riemannian, data, epochs=2, batch=20, seed=0, cosine=True)
+    assert riemannian.riemannian["lr"] == pytest.approx(2.5 * expected[-1])
+    assert riemannian.param_groups[0]["lr"] == pytest.approx(expected[-1])
