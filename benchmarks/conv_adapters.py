@@ -173,13 +173,23 @@ def prepare(setup: Setup, x):
     return (x.expand(-1, 3, -1, -1) - mean) / std
 
 
-def lora_model(setup: Setup, model, rank: int):
+def lora_model(
+    setup: Setup,
+    model,
+    rank: int,
+    target_modules: list[str] | None = None,
+    lora_alpha: float | None = None,
+):
+    """PEFT LoRA at ``rank`` on ``target_modules`` (default: the study's targets),
+    ``lora_alpha`` default ``2 * rank`` (scaling 2), the head trainable."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=rank,
-        lora_alpha=2 * rank,
-        target_modules=targets(setup, model),
+        lora_alpha=2 * rank if lora_alpha is None else lora_alpha,
+        target_modules=(
+            targets(setup, model) if target_modules is None else list(target_modules)
+        ),
         modules_to_save=[setup.head],
     )
     return get_peft_model(model, config)
@@ -355,6 +365,52 @@ def plot(rows, path, title: str) -> None:
     plt.close(fig)
 
 
+def split_data(arrays, train, test, seed: int, validate: bool, quick: bool = False):
+    """The study's tensors from ``load_fashion_mnist()``'s arrays.
+
+    Parameters
+    ----------
+    arrays : dict
+        ``{"train": (images, labels), "test": (images, labels)}`` (NumPy).
+    train, test : int or None
+        A seeded subset of ``train`` training images; the first ``test`` test
+        images (None: all).
+    seed : int
+        Seed of the training subset (and, plus one, of the validation split).
+    validate : bool
+        Hold out ``VALIDATION`` seeded training images for validation (the
+        ``--sweep`` protocol; a quarter of a small training set at most with
+        ``quick``).
+    quick : bool, default False
+
+    Returns
+    -------
+    tuple
+        ``((x_train, y_train), (x_test, y_test), validation)``, ``validation``
+        ``(x, y)`` or None.
+    """
+    import torch
+
+    x_train, y_train = (torch.from_numpy(a) for a in arrays["train"])
+    x_test, y_test = (torch.from_numpy(a) for a in arrays["test"])
+    if train is not None and train < len(x_train):
+        keep = torch.randperm(
+            len(x_train), generator=torch.Generator().manual_seed(seed)
+        )[:train]
+        x_train, y_train = x_train[keep], y_train[keep]
+    if test is not None:
+        x_test, y_test = x_test[:test], y_test[:test]
+    validation = None
+    if validate:  # seeded hold-out from the training images
+        held = min(VALIDATION, len(x_train) // 4) if quick else VALIDATION
+        split = torch.randperm(
+            len(x_train), generator=torch.Generator().manual_seed(seed + 1)
+        )
+        validation = (x_train[split[:held]], y_train[split[:held]])
+        x_train, y_train = x_train[split[held:]], y_train[split[held:]]
+    return (x_train, y_train), (x_test, y_test), validation
+
+
 def learning_rates(pairs: list[str]) -> dict[str, float]:
     """``LR`` with the ``FAMILY=VALUE`` overrides of ``--lr``."""
     out = dict(LR)
@@ -405,25 +461,9 @@ def main() -> None:
         data = load_fashion_mnist()
     except MissingDataError as error:  # the install command, not a traceback
         raise SystemExit(f"conv_adapters.py: {error}") from None
-    x_train, y_train = (torch.from_numpy(a) for a in data["train"])
-    x_test, y_test = (torch.from_numpy(a) for a in data["test"])
-    full_train = len(x_train)
-    if train is not None and train < len(x_train):
-        keep = torch.randperm(
-            len(x_train), generator=torch.Generator().manual_seed(args.seed)
-        )[:train]
-        x_train, y_train = x_train[keep], y_train[keep]
-    if test is not None:
-        x_test, y_test = x_test[:test], y_test[:test]
-    validation = None
-    if args.sweep:  # seeded hold-out from the training images
-        held = min(VALIDATION, len(x_train) // 4) if args.quick else VALIDATION
-        split = torch.randperm(
-            len(x_train), generator=torch.Generator().manual_seed(args.seed + 1)
-        )
-        validation = (x_train[split[:held]], y_train[split[:held]])
-        x_train, y_train = x_train[split[held:]], y_train[split[held:]]
-    data = ((x_train, y_train), (x_test, y_test), validation)
+    full_train = len(data["train"][0])
+    data = split_data(data, train, test, args.seed, args.sweep, args.quick)
+    (x_train, _), (x_test, _), validation = data
     runs = []
     grids = {f: g[:2] if args.quick else g for f, g in GRIDS.items()}
     seeds = SEEDS[:2] if args.quick else SEEDS
