@@ -265,6 +265,7 @@ def main() -> None:
     for row in runs:
         del row["top_sigma"]
     (x_train, _), (x_test, _), validation = data
+    pretrained = fresh_model(SETUP, 0).get_submodule(TARGET).weight.detach()
     payload = {
         "model": SETUP.name,
         "target": TARGET,
@@ -276,6 +277,8 @@ def main() -> None:
         "test_size": len(x_test),
         "grids": {v: list(grid(v)) for v in variants},
         "lora_budget": lora_budget(),
+        "pretrained_norm": float(pretrained.norm()),
+        "pretrained_sigma": torch.linalg.svdvals(pretrained)[:SIGMAS].tolist(),
         "selection": "best validation accuracy per variant",
         "runs": runs,
         "rows": [best(runs, v) for v in variants],
