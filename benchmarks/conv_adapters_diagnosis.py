@@ -33,19 +33,21 @@ in every variant, by the variant's optimizer):
 
 Protocol: the study's ``--sweep`` data (55,000 training images, 5,000 seeded
 held-out validation images, all 10,000 test images), one epoch, batch 128, seed 0,
-lr grid 3e-3, 1e-2, 3e-2 and 1e-1 (the study's best lrs were 1e-2; 1e-1 added to see
-past the study's grid end; SGD: 0.03, 0.1, 0.3, 1), each variant's best lr chosen on the
-validation images (``rows``; ``runs`` holds every run). Per run: test and validation
-accuracy, and the learned update ``dW`` of ``classifier.0`` (LoRA: ``scaling B A``,
-PEFT's ``get_delta_weight``; Tucker: ``C x_0 U0 x_1 U1``): its Frobenius norm, its
-singular values, its norm every ``CURVE_EVERY`` steps, and, as a check of the
-bookkeeping, the norm of the effective update probed through the module's forward
-(``module(I) - module(0)`` minus the pretrained weight).
+lr grid 1e-3, 3e-3, 1e-2, 3e-2 and 1e-1 (the study's best lrs were 1e-2; the ends
+added so that every best lr is inside the grid; SGD: 0.03, 0.1, 0.3, 1), each
+variant's best lr chosen on the validation images (``rows``; ``runs`` holds every
+run). Per run: test and validation accuracy, and the learned update ``dW`` of
+``classifier.0`` (LoRA: ``scaling B A``, PEFT's ``get_delta_weight``; Tucker:
+``C x_0 U0 x_1 U1``): its Frobenius norm, its singular values, its norm every
+``CURVE_EVERY`` steps, and, as a check of the bookkeeping, the norm of the effective
+update probed through the module's forward (``module(I) - module(0)`` minus the
+pretrained weight).
 
 Run: ``python benchmarks/conv_adapters_diagnosis.py [--quick] [--variants ...]
-[--threads 1]``. Full: 32 one-epoch runs; a step is 33 ms (LoRA) to 42 ms (Tucker)
-at one thread, a run 8-12 s on 55,000 images, about 8 core-minutes with the
-evaluations. Results:
+[--threads 1] [--reuse]``. ``--reuse`` keeps the runs of an existing result file of
+the same protocol and trains only the missing (variant, lr) pairs. Full: 38 one-epoch
+runs; a step is 33 ms (LoRA) to 42 ms (Tucker) at one thread, a run 8-12 s on 55,000
+images, about 8 core-minutes with the evaluations. Results:
 ``results/conv_adapters_diagnosis.json``.
 """
 
@@ -53,11 +55,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import pathlib
 import time
 
 import torch
 import torch.nn.functional as F
-from _common import save, table
+from _common import RESULTS, save, table
 from conv_adapters import (
     SETUPS,
     accuracy,
@@ -83,7 +87,8 @@ VARIANTS = (
     "tucker-fixed-sgd-head-adam",
 )
 QUICK_VARIANTS = ("lora", "tucker-fixed")
-GRID = (3e-3, 1e-2, 3e-2, 1e-1)
+QUICK_LR = {"adam": 1e-2, "sgd": 0.1}
+GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SGD_GRID = (0.03, 0.1, 0.3, 1.0)
 HEAD_LR = 1e-2  # the head's Adam lr in tucker-fixed-sgd-head-adam
 TARGET = "classifier.0"
@@ -228,12 +233,28 @@ def best(runs: list[dict], variant: str) -> dict:
     return max((r for r in runs if r["variant"] == variant), key=lambda r: r[key])
 
 
+def reusable(name: str, folder, protocol: dict) -> dict:
+    """``{(variant, lr): run}`` of the existing result file ``name`` if it was
+    measured with ``protocol``, else empty."""
+    path = pathlib.Path(folder) if folder else RESULTS
+    path = path / f"{name}.json"
+    if not path.exists():
+        return {}
+    payload = json.loads(path.read_text())
+    if any(payload.get(key) != value for key, value in protocol.items()):
+        return {}
+    return {(r["variant"], r["lr"]): r for r in payload["runs"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the runs of the existing result"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = args.variants or list(QUICK_VARIANTS if args.quick else VARIANTS)
@@ -243,10 +264,32 @@ def main() -> None:
         raise SystemExit(f"conv_adapters_diagnosis.py: {error}") from None
     train, test = (384, 500) if args.quick else (None, None)
     data = split_data(arrays, train, test, 0, True, args.quick)
-    runs = []
-    for variant in variants:
-        lrs = grid(variant)[1:2] if args.quick else grid(variant)
-        runs += [run(variant, lr, data) for lr in lrs]
+    name = "conv_adapters_diagnosis" + ("_quick" if args.quick else "")
+    (x_train, _), (x_test, _), validation = data
+    protocol = {
+        "model": SETUP.name,
+        "target": TARGET,
+        "epochs": 1,
+        "batch": SETUP.batch,
+        "seed": 0,
+        "train_size": len(x_train),
+        "validation_size": len(validation[0]),
+        "test_size": len(x_test),
+    }
+    plan = [
+        (variant, lr)
+        for variant in variants
+        for lr in (
+            (QUICK_LR["sgd" if "-sgd" in variant else "adam"],)
+            if args.quick
+            else grid(variant)
+        )
+    ]
+    stored = reusable(name, args.out, protocol) if args.reuse else {}
+    reused = sum(key in stored for key in plan)
+    if reused:
+        print(f"reusing {reused} finished run(s)")
+    runs = [stored.get(key) or run(*key, data) for key in plan]
     for row in runs:
         row["top_sigma"] = " ".join(f"{s:.3g}" for s in row["update_sigma"][:5])
     print(
@@ -264,17 +307,9 @@ def main() -> None:
     )
     for row in runs:
         del row["top_sigma"]
-    (x_train, _), (x_test, _), validation = data
     pretrained = fresh_model(SETUP, 0).get_submodule(TARGET).weight.detach()
     payload = {
-        "model": SETUP.name,
-        "target": TARGET,
-        "epochs": 1,
-        "batch": SETUP.batch,
-        "seed": 0,
-        "train_size": len(x_train),
-        "validation_size": len(validation[0]),
-        "test_size": len(x_test),
+        **protocol,
         "grids": {v: list(grid(v)) for v in variants},
         "lora_budget": lora_budget(),
         "pretrained_norm": float(pretrained.norm()),
@@ -283,7 +318,6 @@ def main() -> None:
         "runs": runs,
         "rows": [best(runs, v) for v in variants],
     }
-    name = "conv_adapters_diagnosis" + ("_quick" if args.quick else "")
     print(f"saved {save(name, payload, args.out)}")
 
 

@@ -568,3 +568,36 @@ def test_cosine_schedule_of_the_training_loop_reaches_every_group():
     train(model, riemannian, data, epochs=2, batch=20, seed=0, cosine=True)
     assert riemannian.riemannian["lr"] == pytest.approx(2.5 * expected[-1])
     assert riemannian.param_groups[0]["lr"] == pytest.approx(expected[-1])
+
+
+def test_conv_adapters_diagnosis_quick(tmp_path):
+    # --quick: LoRA r=4 and the pinned rank-4 Tucker adapter on classifier.0 at one lr
+    env = _fashion_env("synthetic", tmp_path / "data")
+    _run("conv_adapters_diagnosis.py", tmp_path, "--threads", "1", env=env)
+    payload = json.loads((tmp_path / "conv_adapters_diagnosis_quick.json").read_text())
+    assert [r["variant"] for r in payload["runs"]] == ["lora", "tucker-fixed"]
+    assert payload["rows"] == payload["runs"] and payload["validation_size"] > 0
+    assert payload["lora_budget"] == 4 * (3136 + 128)
+    for row in payload["runs"]:
+        assert row["lr"] == 1e-2 and 0 <= row["accuracy"] <= 1
+        # the recorded dW (LoRA: scaling B A; Tucker: C x U) is the update the
+        # module applies, read through its forward against the pretrained weight
+        assert row["update_norm"] > 0
+        assert row["update_norm"] == pytest.approx(row["update_norm_probe"], rel=1e-4)
+        sigma = row["update_sigma"]
+        assert math.sqrt(sum(s * s for s in sigma)) == pytest.approx(
+            row["update_norm"], rel=1e-4
+        )
+        assert sigma[3] > 1e-3 * sigma[0] and sigma[4] < 1e-5 * sigma[0]  # rank 4
+        curve = row["update_norm_curve"]
+        assert curve[0][0] == 1 and curve[0][1] > 0
+    assert payload["runs"][1]["adapter_ranks"] == [4, 4]  # pinned
+    # --reuse trains only the missing runs: none here
+    out = _run("conv_adapters_diagnosis.py", tmp_path, "--reuse", env=env)
+    assert "reusing 2 finished run(s)" in out and "lr 0.01: test" not in out
+    again = json.loads((tmp_path / "conv_adapters_diagnosis_quick.json").read_text())
+    assert again["runs"] == payload["runs"]
+    from test_docs_benchmarks import gb
+
+    text, problems = gb.render("conv_adapters_diagnosis", payload)
+    assert problems == [] and "``tucker-fixed``" in text
