@@ -29,7 +29,11 @@ in every variant, by the variant's optimizer):
   0.3, 1);
 * ``tucker-fixed-sgd-head-adam``: the same, but the head trains by Adam at
   ``HEAD_LR`` = 1e-2 (LoRA r = 4's best lr in the study) in its own parameter
-  group, so that only the adapter's optimizer differs from ``tucker-fixed``.
+  group, so that only the adapter's optimizer differs from ``tucker-fixed``;
+* ``tucker-fixed-head-adam``: ``tucker-fixed`` with the head apart in the same way
+  (Adam at ``HEAD_LR``), the adapter's TDLRT-Adam lr swept over 1e-2, 3e-2, 1e-1
+  and 3e-1: whether TDLRT-Adam wants a larger lr than the head tolerates (under
+  TDLRT-Adam each singular value of ``dW`` grows by at most about ``lr`` a step).
 
 Protocol: the study's ``--sweep`` data (55,000 training images, 5,000 seeded
 held-out validation images, all 10,000 test images), one epoch, batch 128, seed 0,
@@ -45,7 +49,7 @@ pretrained weight).
 
 Run: ``python benchmarks/conv_adapters_diagnosis.py [--quick] [--variants ...]
 [--threads 1] [--reuse]``. ``--reuse`` keeps the runs of an existing result file of
-the same protocol and trains only the missing (variant, lr) pairs. Full: 38 one-epoch
+the same protocol and trains only the missing (variant, lr) pairs. Full: 42 one-epoch
 runs; a step is 33 ms (LoRA) to 42 ms (Tucker) at one thread, a run 8-12 s on 55,000
 images, about 8 core-minutes with the evaluations. Results:
 ``results/conv_adapters_diagnosis.json``.
@@ -85,12 +89,14 @@ VARIANTS = (
     "tucker-vanilla",
     "tucker-fixed-sgd",
     "tucker-fixed-sgd-head-adam",
+    "tucker-fixed-head-adam",
 )
 QUICK_VARIANTS = ("lora", "tucker-fixed")
 QUICK_LR = {"adam": 1e-2, "sgd": 0.1}
 GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SGD_GRID = (0.03, 0.1, 0.3, 1.0)
-HEAD_LR = 1e-2  # the head's Adam lr in tucker-fixed-sgd-head-adam
+HEAD_GRID = (1e-2, 3e-2, 1e-1, 3e-1)  # the adapter's lr in tucker-fixed-head-adam
+HEAD_LR = 1e-2  # the head's Adam lr in the *-head-adam variants
 TARGET = "classifier.0"
 RANK = 4
 SIGMAS = 8  # singular values of dW recorded
@@ -100,7 +106,9 @@ SETUP = SETUPS["ccexam"]
 
 def grid(variant: str) -> tuple[float, ...]:
     """The variant's learning rates."""
-    return SGD_GRID if "-sgd" in variant else GRID
+    if "-sgd" in variant:
+        return SGD_GRID
+    return HEAD_GRID if variant.endswith("-head-adam") else GRID
 
 
 def lora_budget() -> int:
@@ -141,9 +149,10 @@ def build(variant: str, lr: float, seed: int):
     head = list(model.get_submodule(SETUP.head).parameters())
     for p in head:
         p.requires_grad_(True)
-    if variant == "tucker-fixed-sgd-head-adam":  # the head as in the Adam variants
+    if variant.endswith("-head-adam"):  # the head on Adam at HEAD_LR, apart
+        rule = {"momentum": 0.9} if "-sgd" in variant else {"adam": True}
         groups = [
-            {"params": adapter, "momentum": 0.9},
+            {"params": adapter, **rule},
             {"params": head, "adam": True, "lr": HEAD_LR},
         ]
         return model, TDLRT(groups, lr=lr), model.get_submodule(TARGET)
