@@ -321,6 +321,7 @@ def main() -> None:
         **protocol,
         "grids": {v: list(grid(v)) for v in variants},
         "lora_budget": lora_budget(),
+        "head_lr": HEAD_LR,
         "pretrained_norm": float(pretrained.norm()),
         "pretrained_sigma": torch.linalg.svdvals(pretrained)[:SIGMAS].tolist(),
         "selection": "best validation accuracy per variant",
