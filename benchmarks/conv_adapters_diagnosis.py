@@ -29,7 +29,8 @@ in every variant, by the variant's optimizer):
   0.3, 1);
 * ``tucker-fixed-sgd-head-adam``: the same, but the head trains by Adam at
   ``HEAD_LR`` = 1e-2 (LoRA r = 4's best lr in the study) in its own parameter
-  group, so that only the adapter's optimizer differs from ``tucker-fixed``;
+  group, apart from the adapter's lr and rule (its Adam counterpart is
+  ``tucker-fixed-head-adam``);
 * ``tucker-fixed-head-adam``: ``tucker-fixed`` with the head apart in the same way
   (Adam at ``HEAD_LR``), the adapter's TDLRT-Adam lr swept over 1e-2, 3e-2, 1e-1
   and 3e-1: whether TDLRT-Adam wants a larger lr than the head tolerates (under
