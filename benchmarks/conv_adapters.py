@@ -96,6 +96,9 @@ GRIDS = {
     "tucker": (1e-3, 3e-3, 1e-2, 3e-2),
     "full": (1e-4, 3e-4, 1e-3, 3e-3),
 }
+# with --head-lr: TDLRT-Adam's adapters want about ten times LoRA's rate once the
+# head no longer shares it (benchmarks/conv_adapters_diagnosis.py)
+HEAD_APART_TUCKER_GRID = (1e-2, 3e-2, 1e-1, 3e-1)
 SEEDS = (0, 1, 2)
 VALIDATION = 5_000
 
@@ -201,11 +204,22 @@ def lora_adapter_parameters(setup: Setup, seed: int, rank: int) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
 
-def build(setup: Setup, variant: str, seed: int, lr: float):
+def build(setup: Setup, variant: str, seed: int, lr: float, head_lr=None):
+    """A fresh model with ``variant``'s trainable parameters and optimizer, and the
+    TDLRT rule (or None). ``head_lr``: LoRA and Tucker variants train the head in
+    its own parameter group at this rate (``lr`` is then the adapters' alone)."""
     import torch
 
     model = fresh_model(setup, seed)
     head = model.get_submodule(setup.head)
+    if head_lr is not None and family(variant) not in ("lora", "tucker"):
+        raise ValueError(f"head_lr applies to LoRA and Tucker variants, not {variant}")
+
+    def groups(adapters, head_params):
+        if head_lr is None:
+            return [*adapters, *head_params]
+        return [{"params": adapters}, {"params": head_params, "lr": head_lr}]
+
     if variant == "full":
         return model, torch.optim.Adam(model.parameters(), lr=lr), None
     if variant == "head":
@@ -216,8 +230,10 @@ def build(setup: Setup, variant: str, seed: int, lr: float):
         return model, torch.optim.AdamW(head.parameters(), lr=lr), None
     if variant.startswith("lora-r"):
         model = lora_model(setup, model, int(variant[len("lora-r") :]))
-        params = [p for p in model.parameters() if p.requires_grad]
-        return model, torch.optim.AdamW(params, lr=lr), None
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        adapters = [p for n, p in named if "lora_" in n]
+        head_params = [p for n, p in named if "lora_" not in n]
+        return model, torch.optim.AdamW(groups(adapters, head_params), lr=lr), None
     from tuckerflow.nn import TDLRT, add_tucker_adapters
 
     if variant == "tucker-tol":
@@ -230,8 +246,12 @@ def build(setup: Setup, variant: str, seed: int, lr: float):
     add_tucker_adapters(model, targets(setup, model), rank=4, max_rank=8, verbose=False)
     for p in head.parameters():
         p.requires_grad_(True)
+    head_ids = {id(p) for p in head.parameters()}
+    adapters = [
+        p for p in model.parameters() if p.requires_grad and id(p) not in head_ids
+    ]
     optimizer = TDLRT(
-        [p for p in model.parameters() if p.requires_grad], lr=lr, adam=True, **rule
+        groups(adapters, list(head.parameters())), lr=lr, adam=True, **rule
     )
     return model, optimizer, rule
 
@@ -250,13 +270,14 @@ def accuracy(setup: Setup, model, x, y) -> float:
     return correct / len(x)
 
 
-def run(setup: Setup, variant: str, data, lr: float, seed: int) -> dict:
-    """One epoch of ``variant`` at ``lr`` and ``seed``: its row."""
+def run(setup: Setup, variant: str, data, lr: float, seed: int, head_lr=None) -> dict:
+    """One epoch of ``variant`` at ``lr`` and ``seed`` (the head at ``head_lr``
+    when given): its row."""
     import torch
     import torch.nn.functional as F
 
     (x_train, y_train), (x_test, y_test), validation = data
-    model, optimizer, rule = build(setup, variant, seed, lr)
+    model, optimizer, rule = build(setup, variant, seed, lr, head_lr)
     model.train()
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x_train), generator=generator)
@@ -279,6 +300,7 @@ def run(setup: Setup, variant: str, data, lr: float, seed: int) -> dict:
     row = {
         "variant": variant,
         "lr": lr,
+        "head_lr": head_lr,
         "seed": seed,
         "accuracy": accuracy(setup, model, x_test, y_test),
         "trainable_parameters": trainable(model),
@@ -304,12 +326,16 @@ def run(setup: Setup, variant: str, data, lr: float, seed: int) -> dict:
     return row
 
 
-def sweep(setup: Setup, variant: str, data, grid, seeds) -> tuple[list[dict], dict]:
+def sweep(
+    setup: Setup, variant: str, data, grid, seeds, head_lr=None
+) -> tuple[list[dict], dict]:
     """Seed ``seeds[0]`` at every lr of ``grid``, the other seeds at the lr of the
     best validation accuracy: (every run, the variant's row over the seeds)."""
-    runs = [run(setup, variant, data, lr, seeds[0]) for lr in grid]
+    runs = [run(setup, variant, data, lr, seeds[0], head_lr) for lr in grid]
     best = max(runs, key=lambda r: r["validation_accuracy"])
-    chosen = [best] + [run(setup, variant, data, best["lr"], s) for s in seeds[1:]]
+    chosen = [best] + [
+        run(setup, variant, data, best["lr"], s, head_lr) for s in seeds[1:]
+    ]
     accuracies = [100 * r["accuracy"] for r in chosen]
     row = {
         "variant": variant,
@@ -441,6 +467,13 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=None, help="training subsample")
     parser.add_argument("--test", type=int, default=None, help="first test images")
     parser.add_argument("--lr", nargs="*", default=[], metavar="FAMILY=VALUE")
+    parser.add_argument(
+        "--head-lr",
+        type=float,
+        default=None,
+        help="the head's own lr (LoRA and Tucker variants; with --sweep: the "
+        "adapters' lr is swept, Tucker over HEAD_APART_TUCKER_GRID)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default=None)
@@ -465,17 +498,27 @@ def main() -> None:
     data = split_data(data, train, test, args.seed, args.sweep, args.quick)
     (x_train, _), (x_test, _), validation = data
     runs = []
-    grids = {f: g[:2] if args.quick else g for f, g in GRIDS.items()}
+    if args.head_lr is not None:
+        others = [v for v in args.variants if family(v) not in ("lora", "tucker")]
+        if others:
+            parser.error(f"--head-lr: only LoRA and Tucker variants, not {others}")
+    grids = dict(GRIDS)
+    if args.head_lr is not None:
+        grids = {"lora": GRIDS["lora"], "tucker": HEAD_APART_TUCKER_GRID}
+    grids = {f: g[:2] if args.quick else g for f, g in grids.items()}
     seeds = SEEDS[:2] if args.quick else SEEDS
     if args.sweep:
         rows = []
         for variant in args.variants:
             grid = grids[family(variant)]
-            variant_runs, row = sweep(setup, variant, data, grid, seeds)
+            variant_runs, row = sweep(setup, variant, data, grid, seeds, args.head_lr)
             runs += variant_runs
             rows.append(row)
     else:
-        rows = [run(setup, v, data, lrs[family(v)], args.seed) for v in args.variants]
+        rows = [
+            run(setup, v, data, lrs[family(v)], args.seed, args.head_lr)
+            for v in args.variants
+        ]
     lora = next((r for r in rows if r["variant"] == "lora-r4"), None)
     for row in rows:
         row["step_vs_lora"] = (
@@ -500,6 +543,7 @@ def main() -> None:
         )
     )
     name = "conv_adapters" + ("" if setup.name == "ccexam" else f"_{setup.name}")
+    name += "_head_apart" if args.head_lr is not None else ""
     name += "_quick" if args.quick else ""
     payload = {
         "model": setup.name,
@@ -531,6 +575,7 @@ def main() -> None:
         }
     else:
         payload["learning_rates"] = lrs
+    payload["head_lr"] = args.head_lr
     payload["rows"] = rows
     path = save(name, payload, args.out)
     plot(rows, path.with_suffix(".png"), f"{setup.title} -> Fashion-MNIST, 1 epoch")
