@@ -601,3 +601,32 @@ def test_conv_adapters_diagnosis_quick(tmp_path):
 
     text, problems = gb.render("conv_adapters_diagnosis", payload)
     assert problems == [] and "``tucker-fixed``" in text
+
+
+@pytest.mark.parametrize("variant", ["lora-r4", "tucker-budget"])
+def test_conv_adapters_head_lr_puts_the_head_in_its_own_group(variant):
+    # --head-lr: the fresh head trains at its own rate, the adapters (and nothing
+    # else) at lr; without it, one group holds both
+    import importlib.util
+
+    if importlib.util.find_spec("ccexam") is None:
+        pytest.skip("pip install --no-deps ccexam==1.0.0")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from conv_adapters import SETUPS, build
+
+    setup = SETUPS["ccexam"]
+    model, optimizer, _ = build(setup, variant, 0, 0.1, head_lr=3e-3)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    adapters, head = optimizer.param_groups
+    assert (adapters["lr"], head["lr"]) == (0.1, 3e-3)
+    head_module = model.get_submodule(
+        ("base_model.model." if variant.startswith("lora") else "") + setup.head
+    )
+    head_ids = {id(p) for p in head_module.parameters() if p.requires_grad}
+    assert {id(p) for p in head["params"]} == head_ids and len(head_ids) == 2
+    assert {id(p) for p in adapters["params"]} == trainable - head_ids
+    _, shared, _ = build(setup, variant, 0, 0.1)
+    assert [g["lr"] for g in shared.param_groups] == [0.1]
+    assert {id(p) for p in shared.param_groups[0]["params"]} != set()
+    with pytest.raises(ValueError, match="head_lr applies to LoRA and Tucker"):
+        build(setup, "full", 0, 0.1, head_lr=3e-3)

@@ -266,3 +266,57 @@ def test_conv_adapter_sweep_shows_mean_and_std_at_the_best_lr():
     assert cell == f"{lora['accuracy_mean']:.2f} ± 0.25"
     assert "``lora-r4`` 50.0 / **51.0**" in text  # the sweep, chosen lr in bold
     assert "at an end of the grid" in text and "3 seeds and one epoch" in text
+
+
+@pytest.mark.parametrize(
+    ("tucker_mean", "verdict"),
+    [
+        (85.0, "trail LoRA r=4 by 1.50 points, within the seeds' spread"),
+        (83.0, "trail LoRA r=4 by 3.50 points, beyond the seeds' spread"),
+        (87.0, "match or beat LoRA r=4 (by 0.50 points)"),
+    ],
+)
+def test_conv_adapter_head_apart_summary_reads_the_gap(tucker_mean, verdict):
+    def row(variant, lr, mean, trainable):
+        return {
+            "variant": variant,
+            "lr": lr,
+            "seeds": 3,
+            "accuracy_mean": mean,
+            "accuracy_std": 1.5,
+            "trainable_parameters": trainable,
+            "adapter_parameters": trainable - 1290,
+            "adapter_budget": None,
+            "median_step_ms": 80.0,
+            "step_vs_lora": 1.0,
+            "adapter_ranks": {},
+        }
+
+    rows = [
+        row("lora-r4", 1e-2, 86.5, 15918),
+        row("tucker-budget", 0.1, tucker_mean, 15771),
+    ]
+    runs = [
+        {**r, "seed": 0, "lr": lr, "validation_accuracy": 0.8 + (lr == r["lr"]) / 10}
+        for r in rows
+        for lr in (
+            (1e-3, 3e-3, 1e-2, 3e-2)
+            if r["variant"] == "lora-r4"
+            else (1e-2, 3e-2, 1e-1, 3e-1)
+        )
+    ]
+    payload = {
+        "model": "ccexam",
+        "head_lr": 3e-3,
+        "rows": rows,
+        "runs": runs,
+        "seeds": [0, 1, 2],
+        "validation_size": 5000,
+        "grids": {"lora": [1e-3, 3e-3, 1e-2, 3e-2], "tucker": [1e-2, 3e-2, 1e-1, 3e-1]},
+    }
+    text, problems = gb.render("conv_adapters_head_apart", payload)
+    assert problems == []
+    assert verdict in text
+    assert "at lr 0.003" in text and "at adapter lr 0.1" in text
+    assert "``tucker-budget`` 80.0 / 80.0 / **90.0** / 80.0" in text
+    assert "end of the grid" not in text  # both best rates are inside their grids
