@@ -1516,7 +1516,8 @@ STUDIES: dict[str, Study] = {
     ),
     "conv_adapters_head_apart": Study(
         "Conv adapters, the head at its own rate",
-        "The ccexam comparison of LoRA r=4 and the budgeted Tucker adapters again, "
+        "The ccexam comparison of LoRA and the budgeted Tucker adapters at equal size "
+        "again, "
         "with the fresh head trained in its own parameter group at the head-only "
         "sweep's best rate and only the adapters' rate swept: the change the "
         "diagnosis below points to (TDLRT-Adam's adapters want a larger rate than "
