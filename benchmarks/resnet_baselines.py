@@ -11,8 +11,9 @@ method), 3 seeds and ONE epoch (469 steps): the issue asked for
 about 4 hours of training, but the study had to fit in about 90 core-minutes for 11
 variants x 3 seeds, and a step costs 0.2-0.5 s on one thread (a dense epoch about
 2 min, a compressed one up to 4), so the accuracies are those of short training, the
-same for every family (the 33 runs measured about 100 core-minutes on a shared
-two-core machine). Every
+same for every family (the 33 runs took 136 core-minutes of training, evaluation
+excluded, with two to four runs sharing the two cores; step times in the results
+carry that load). Every
 convolution and the classifier are compressed to about 10% of their weights, at equal
 parameter counts. Variants, in the order they run:
 
