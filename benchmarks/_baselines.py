@@ -33,6 +33,13 @@ class LowRankLinear(nn.Module):
         self.first = nn.Linear(in_features, rank, bias=False)
         self.second = nn.Linear(rank, out_features, bias=bias)
 
+    @classmethod
+    def like(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
+        """A fresh rank-``rank`` layer with ``linear``'s sizes and bias."""
+        return cls(
+            linear.in_features, linear.out_features, rank, linear.bias is not None
+        )
+
     def forward(self, x):
         return self.second(self.first(x))
 
@@ -85,16 +92,7 @@ def matrix_low_rank(model: nn.Module, parameters: dict[str, int]) -> nn.Module:
         if isinstance(module, nn.Conv2d):
             replace(model, name, LowRankConv2d(module, rank))
         else:
-            replace(
-                model,
-                name,
-                LowRankLinear(
-                    module.in_features,
-                    module.out_features,
-                    rank,
-                    module.bias is not None,
-                ),
-            )
+            replace(model, name, LowRankLinear.like(module, rank))
     return model
 
 
@@ -120,16 +118,7 @@ def tltorch_tucker(model: nn.Module, ranks: dict[str, tuple[int, ...]]) -> nn.Mo
             replace(model, name, layer)
         else:
             rank = matched_matrix_rank(shape, parameter_count(shape, ranks[name]))
-            replace(
-                model,
-                name,
-                LowRankLinear(
-                    module.in_features,
-                    module.out_features,
-                    rank,
-                    module.bias is not None,
-                ),
-            )
+            replace(model, name, LowRankLinear.like(module, rank))
     return model
 
 
@@ -323,16 +312,7 @@ def tltorch_factorized(
             replace(model, name, layer)
         else:
             rank = matched_matrix_rank(tuple(module.weight.shape), target)
-            replace(
-                model,
-                name,
-                LowRankLinear(
-                    module.in_features,
-                    module.out_features,
-                    rank,
-                    module.bias is not None,
-                ),
-            )
+            replace(model, name, LowRankLinear.like(module, rank))
     return model
 
 

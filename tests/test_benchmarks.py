@@ -513,14 +513,16 @@ def test_resnet_baselines_quick(tmp_path):
 
 
 def _resnet_shapes():
-    shapes = {"conv": (16, 1, 3, 3)}
-    for stage, (out, cin) in enumerate(((16, 16), (32, 16), (64, 32))):
-        for block in range(3):
-            first = cin if block == 0 else out
-            shapes[f"layers.{3 * stage + block}.conv1"] = (out, first, 3, 3)
-            shapes[f"layers.{3 * stage + block}.conv2"] = (out, out, 3, 3)
-    shapes["classifier"] = (10, 64)
-    return shapes
+    # the weight shapes of the network itself (the study's LAYERS must match them)
+    import torch
+
+    from tuckerflow.nn.models import ResNet
+
+    return {
+        name: tuple(module.weight.shape)
+        for name, module in ResNet(in_channels=1).named_modules()
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+    }
 
 
 def test_cosine_schedule_of_the_training_loop_reaches_every_group():
