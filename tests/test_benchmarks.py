@@ -259,6 +259,19 @@ def test_transformer_study_quick(tmp_path):
     assert json.loads(path.read_text())["rows"] == [lora]
 
 
+# the variants both conv adapter studies report, in order (written out here, not
+# imported from the script, so a dropped or reordered variant fails the tests)
+CONV_ADAPTER_VARIANTS = [
+    "head",
+    "lora-r2",
+    "lora-r4",
+    "lora-r8",
+    "tucker-tol",
+    "tucker-budget",
+    "full",
+]
+
+
 @pytest.mark.parametrize(
     "source", ["synthetic", pytest.param("debian", marks=NO_FASHION_MNIST)]
 )
@@ -269,15 +282,7 @@ def test_conv_adapters_quick(tmp_path, source):
     _run("conv_adapters.py", tmp_path, "--threads", "1", env=env)
     payload = json.loads((tmp_path / "conv_adapters_quick.json").read_text())
     by_variant = {r["variant"]: r for r in payload["rows"]}
-    assert list(by_variant) == [
-        "head",
-        "lora-r2",
-        "lora-r4",
-        "lora-r8",
-        "tucker-tol",
-        "tucker-budget",
-        "full",
-    ]
+    assert list(by_variant) == CONV_ADAPTER_VARIANTS
     assert payload["train_subsampled"]
     head = by_variant["head"]["trainable_parameters"]
     assert head == 128 * 10 + 10
@@ -337,15 +342,7 @@ def test_conv_adapters_mobilenet_quick(tmp_path):
     path = tmp_path / "conv_adapters_mobilenet_v2_quick.json"
     payload = json.loads(path.read_text())
     by_variant = {r["variant"]: r for r in payload["rows"]}
-    assert list(by_variant) == [
-        "head",
-        "lora-r2",
-        "lora-r4",
-        "lora-r8",
-        "tucker-tol",
-        "tucker-budget",
-        "full",
-    ]
+    assert list(by_variant) == CONV_ADAPTER_VARIANTS
     import torch
 
     from tuckerflow.nn.models import MobileNetV2
